@@ -1,0 +1,264 @@
+// Package sqlite is the embedded broker.Store on a single SQLite file
+// (pure Go, modernc.org/sqlite). One writer goroutine owns the only write
+// connection and commits concurrent writes in groups: every caller's change
+// is durable (WAL, synchronous=FULL) before its call returns, and one fsync
+// covers the whole group.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	broker "github.com/sandbox-broker/broker"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+//go:embed migrations/*.sql
+var migrationFS embed.FS
+
+// maxBatch caps how many writes share one transaction.
+const maxBatch = 512
+
+// Store is a broker.Store on one SQLite file. Use Open; call Close.
+type Store struct {
+	path    string
+	writer  *sql.DB // exactly one connection, used only by the writer goroutine
+	readers *sql.DB
+	ops     chan *writeOp
+	stop    chan struct{}
+	done    chan struct{}
+	closeMu sync.Once
+}
+
+var _ broker.Store = (*Store)(nil)
+
+type writeOp struct {
+	fn  func(tx *sql.Tx) error
+	err chan error
+}
+
+// Open opens (creating if needed) the database at path, applies the
+// embedded migrations and starts the writer. Returns EUNAVAILABLE when the
+// file cannot be opened.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("sqlite: create directory for %s: %w", path, err)
+		}
+	}
+	dsn := "file:" + path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_txlock=immediate"
+	w, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	w.SetMaxOpenConns(1)
+	w.SetMaxIdleConns(1)
+	w.SetConnMaxLifetime(0)
+	r, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=query_only(1)")
+	if err != nil {
+		w.Close()
+		return nil, fmt.Errorf("sqlite: open readers on %s: %w", path, err)
+	}
+	r.SetMaxOpenConns(8)
+	r.SetMaxIdleConns(8)
+	s := &Store{path: path, writer: w, readers: r, ops: make(chan *writeOp, maxBatch), stop: make(chan struct{}), done: make(chan struct{})}
+	if err := s.migrate(ctx); err != nil {
+		w.Close()
+		r.Close()
+		return nil, err
+	}
+	go s.run()
+	return s, nil
+}
+
+// Close stops the writer after the writes already queued and closes the file.
+func (s *Store) Close() error {
+	var err error
+	s.closeMu.Do(func() {
+		close(s.stop)
+		<-s.done
+		err = errors.Join(s.writer.Close(), s.readers.Close())
+	})
+	return err
+}
+
+// Ping checks that the file can be read. Returns EUNAVAILABLE.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.readers.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return broker.Unavailable(err)
+	}
+	return nil
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	if _, err := s.writer.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("sqlite: create schema_migrations: %w", err)
+	}
+	names, err := fs.Glob(migrationFS, "migrations/*.sql")
+	if err != nil {
+		return fmt.Errorf("sqlite: list migrations: %w", err)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		version, err := strconv.Atoi(strings.SplitN(filepath.Base(name), "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("sqlite: migration %s: name must start with a number: %w", name, err)
+		}
+		body, err := migrationFS.ReadFile(name)
+		if err != nil {
+			return fmt.Errorf("sqlite: read migration %s: %w", name, err)
+		}
+		if err := s.applyMigration(ctx, version, string(body)); err != nil {
+			return fmt.Errorf("sqlite: migration %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (s *Store) applyMigration(ctx context.Context, version int, body string) error {
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations WHERE version = ?`, version).Scan(&n); err != nil {
+		return err
+	}
+	if n > 0 {
+		return nil
+	}
+	if _, err := tx.ExecContext(ctx, body); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)`, version, time.Now().Unix()); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// write runs fn inside the next group transaction and returns once that
+// transaction is committed (or fn failed and its changes were rolled back).
+// fn must not block on anything but the database.
+func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	op := &writeOp{fn: fn, err: make(chan error, 1)}
+	select {
+	case s.ops <- op:
+	case <-s.stop:
+		return broker.Unavailable(errors.New("store is closed"))
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Once queued the op will run; wait for it so that a reported failure
+	// never hides a committed change.
+	return <-op.err
+}
+
+func (s *Store) run() {
+	defer close(s.done)
+	batch := make([]*writeOp, 0, maxBatch)
+	for {
+		select {
+		case op := <-s.ops:
+			batch = append(batch[:0], op)
+		case <-s.stop:
+			for {
+				select {
+				case op := <-s.ops:
+					s.commit([]*writeOp{op})
+				default:
+					return
+				}
+			}
+		}
+	drain:
+		for len(batch) < maxBatch {
+			select {
+			case op := <-s.ops:
+				batch = append(batch, op)
+			default:
+				break drain
+			}
+		}
+		s.commit(batch)
+	}
+}
+
+// commit runs a group of writes in one transaction, each inside its own
+// savepoint so that one failing write does not undo the others.
+func (s *Store) commit(batch []*writeOp) {
+	ctx := context.Background()
+	errs := make([]error, len(batch))
+	fail := func(err error) {
+		for _, op := range batch {
+			op.err <- broker.Unavailable(err)
+		}
+	}
+	tx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		fail(err)
+		return
+	}
+	single := len(batch) == 1
+	for i, op := range batch {
+		if single {
+			errs[i] = op.fn(tx)
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+			tx.Rollback()
+			fail(err)
+			return
+		}
+		errs[i] = op.fn(tx)
+		if errs[i] != nil {
+			if _, err := tx.ExecContext(ctx, "ROLLBACK TO op"); err != nil {
+				tx.Rollback()
+				fail(err)
+				return
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "RELEASE op"); err != nil {
+			tx.Rollback()
+			fail(err)
+			return
+		}
+	}
+	if single && errs[0] != nil {
+		tx.Rollback()
+		batch[0].err <- errs[0]
+		return
+	}
+	if err := tx.Commit(); err != nil {
+		fail(err)
+		return
+	}
+	for i, op := range batch {
+		op.err <- errs[i]
+	}
+}
+
+// dbErr maps a driver error to a domain error: callers see EUNAVAILABLE,
+// the cause stays in the chain for logs.
+func dbErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var e *broker.Error
+	if errors.As(err, &e) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return broker.Unavailable(err)
+}

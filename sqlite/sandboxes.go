@@ -1,0 +1,346 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	broker "github.com/sandbox-broker/broker"
+	"github.com/sandbox-broker/broker/internal/sqlutil"
+)
+
+const columns = `id, name, external_id, sfdc_account_id, status, owner, track_name, idem_key,
+	allocated_at, lab_duration_sec, expires_at, deletion_requested_at, deletion_attempts,
+	next_attempt_at, lease_until, claim_token, last_error, created_at, updated_at, last_synced`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanSandbox(row scanner) (broker.Sandbox, error) {
+	var sb broker.Sandbox
+	var status string
+	var allocatedAt, durSec, expiresAt, delReq, next, lease, created, updated, synced int64
+	err := row.Scan(&sb.ID, &sb.Name, &sb.ExternalID, &sb.SFDCAccountID, &status, &sb.Owner, &sb.TrackName,
+		&sb.IdempotencyKey, &allocatedAt, &durSec, &expiresAt, &delReq, &sb.DeletionAttempts, &next, &lease,
+		&sb.ClaimToken, &sb.LastError, &created, &updated, &synced)
+	if err != nil {
+		return sb, err
+	}
+	sb.Status = broker.Status(status)
+	sb.AllocatedAt = sqlutil.Time(allocatedAt)
+	sb.LabDuration = time.Duration(durSec) * time.Second
+	sb.ExpiresAt = sqlutil.Time(expiresAt)
+	sb.DeletionRequestedAt = sqlutil.Time(delReq)
+	sb.NextAttemptAt = sqlutil.Time(next)
+	sb.LeaseUntil = sqlutil.Time(lease)
+	sb.CreatedAt = sqlutil.Time(created)
+	sb.UpdatedAt = sqlutil.Time(updated)
+	sb.LastSynced = sqlutil.Time(synced)
+	return sb, nil
+}
+
+// event appends one audit record inside tx, attributed to ctx's actor.
+func event(ctx context.Context, tx *sql.Tx, id string, from, to broker.Status, at time.Time) error {
+	a := broker.ActorFrom(ctx)
+	_, err := tx.ExecContext(ctx, `INSERT INTO events (sandbox_id, from_status, to_status, actor, request_id, at) VALUES (?, ?, ?, ?, ?, ?)`,
+		id, string(from), string(to), a.Name, a.RequestID, sqlutil.Unix(at))
+	return err
+}
+
+// Allocate implements broker.SandboxStore.
+func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broker.Allocation, error) {
+	var out broker.Allocation
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		sb, err := scanSandbox(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes
+			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
+		if err == nil {
+			out = broker.Allocation{Sandbox: sb, Replayed: true}
+			return nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		pick := `SELECT id FROM sandboxes WHERE status = 'available' ORDER BY name LIMIT 1`
+		args := []any{}
+		if req.NamePrefix != "" {
+			if upper, ok := sqlutil.PrefixUpperBound(req.NamePrefix); ok {
+				pick = `SELECT id FROM sandboxes WHERE status = 'available' AND name >= ? AND name < ? ORDER BY name LIMIT 1`
+				args = append(args, req.NamePrefix, upper)
+			} else {
+				pick = `SELECT id FROM sandboxes WHERE status = 'available' AND name >= ? ORDER BY name LIMIT 1`
+				args = append(args, req.NamePrefix)
+			}
+		}
+		now := sqlutil.Unix(req.Now)
+		expires := sqlutil.Unix(broker.ExpiresAt(req.Now, req.LabDuration))
+		args = append([]any{req.Owner, req.Key, req.TrackName, now, int64(req.LabDuration / time.Second), expires, now}, args...)
+		sb, err = scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
+			track_name = ?, allocated_at = ?, lab_duration_sec = ?, expires_at = ?, updated_at = ?,
+			deletion_requested_at = 0, deletion_attempts = 0, next_attempt_at = 0, last_error = ''
+			WHERE status = 'available' AND id = (`+pick+`) RETURNING `+columns, args...))
+		if errors.Is(err, sql.ErrNoRows) {
+			return broker.Errorf(broker.ENOSANDBOX, "no sandbox available in the pool")
+		}
+		if err != nil {
+			return err
+		}
+		out = broker.Allocation{Sandbox: sb}
+		return event(ctx, tx, sb.ID, broker.StatusAvailable, broker.StatusAllocated, req.Now)
+	})
+	if err != nil {
+		return broker.Allocation{}, dbErr(err)
+	}
+	return out, nil
+}
+
+// Get implements broker.SandboxStore.
+func (s *Store) Get(ctx context.Context, id string) (broker.Sandbox, error) {
+	sb, err := scanSandbox(s.readers.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return sb, broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", id)
+	}
+	return sb, dbErr(err)
+}
+
+// MarkForDeletion implements broker.SandboxStore.
+func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (broker.Sandbox, error) {
+	var out broker.Sandbox
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		now := sqlutil.Unix(req.Now)
+		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion',
+			deletion_requested_at = ?, updated_at = ?, next_attempt_at = 0
+			WHERE id = ? AND status = 'allocated' AND owner = ? RETURNING `+columns, now, now, req.ID, req.Owner))
+		if err == nil {
+			out = sb
+			return event(ctx, tx, sb.ID, broker.StatusAllocated, broker.StatusPendingDeletion, req.Now)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		// The conditional write did not match: say why.
+		cur, err := scanSandbox(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, req.ID))
+		if errors.Is(err, sql.ErrNoRows) {
+			return broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", req.ID)
+		}
+		if err != nil {
+			return err
+		}
+		out = cur
+		return markOutcome(cur, req)
+	})
+	if err != nil {
+		return broker.Sandbox{}, dbErr(err)
+	}
+	return out, nil
+}
+
+// markOutcome explains why a mark-for-deletion write did not apply to cur:
+// nil (idempotent repeat) or an error.
+func markOutcome(cur broker.Sandbox, req broker.MarkRequest) error {
+	if cur.Owner != req.Owner || cur.Owner == "" {
+		return broker.Errorf(broker.ENOTOWNER, "sandbox %s is not allocated to you", req.ID)
+	}
+	switch cur.Status {
+	case broker.StatusPendingDeletion, broker.StatusDeleting, broker.StatusDeletionFailed:
+		return nil
+	}
+	return broker.Errorf(broker.ECONFLICT, "sandbox %s is %s and cannot be marked for deletion", req.ID, cur.Status)
+}
+
+// List implements broker.SandboxStore.
+func (s *Store) List(ctx context.Context, f broker.ListFilter) (broker.ListPage, error) {
+	after := ""
+	if f.Cursor != "" {
+		var err error
+		if after, err = sqlutil.DecodeCursor(f.Cursor); err != nil {
+			return broker.ListPage{}, err
+		}
+	}
+	q := `SELECT ` + columns + ` FROM sandboxes WHERE id > ?`
+	args := []any{after}
+	if f.Status != "" {
+		q += ` AND status = ?`
+		args = append(args, string(f.Status))
+	}
+	if f.NamePrefix != "" {
+		q += ` AND name >= ?`
+		args = append(args, f.NamePrefix)
+		if upper, ok := sqlutil.PrefixUpperBound(f.NamePrefix); ok {
+			q += ` AND name < ?`
+			args = append(args, upper)
+		}
+	}
+	if f.TrackName != "" {
+		q += ` AND track_name = ?`
+		args = append(args, f.TrackName)
+	}
+	if f.Owner != "" {
+		q += ` AND owner = ?`
+		args = append(args, f.Owner)
+	}
+	q += ` ORDER BY id LIMIT ?`
+	args = append(args, f.Limit+1)
+	rows, err := s.readers.QueryContext(ctx, q, args...)
+	if err != nil {
+		return broker.ListPage{}, dbErr(err)
+	}
+	defer rows.Close()
+	var page broker.ListPage
+	for rows.Next() {
+		sb, err := scanSandbox(rows)
+		if err != nil {
+			return broker.ListPage{}, dbErr(err)
+		}
+		page.Sandboxes = append(page.Sandboxes, sb)
+	}
+	if err := rows.Err(); err != nil {
+		return broker.ListPage{}, dbErr(err)
+	}
+	if len(page.Sandboxes) > f.Limit {
+		page.Sandboxes = page.Sandboxes[:f.Limit]
+		page.Cursor = sqlutil.EncodeCursor(page.Sandboxes[f.Limit-1].ID)
+	}
+	return page, nil
+}
+
+// Stats implements broker.SandboxStore.
+func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
+	st := broker.Stats{ByStatus: map[broker.Status]int{}, ByTrack: map[string]int{}}
+	tx, err := s.readers.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return st, dbErr(err)
+	}
+	defer tx.Rollback()
+	if err := countInto(ctx, tx, `SELECT status, count(*) FROM sandboxes GROUP BY status`, func(k string, n int) {
+		st.ByStatus[broker.Status(k)] = n
+		st.Total += n
+	}); err != nil {
+		return st, dbErr(err)
+	}
+	if err := countInto(ctx, tx, `SELECT track_name, count(*) FROM sandboxes WHERE track_name <> '' GROUP BY track_name`, func(k string, n int) {
+		st.ByTrack[k] = n
+	}); err != nil {
+		return st, dbErr(err)
+	}
+	return st, nil
+}
+
+func countInto(ctx context.Context, tx *sql.Tx, q string, add func(string, int)) error {
+	rows, err := tx.QueryContext(ctx, q)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k string
+		var n int
+		if err := rows.Scan(&k, &n); err != nil {
+			return err
+		}
+		add(k, n)
+	}
+	return rows.Err()
+}
+
+// History implements broker.SandboxStore.
+func (s *Store) History(ctx context.Context, id string) ([]broker.Event, error) {
+	rows, err := s.readers.QueryContext(ctx, `SELECT sandbox_id, from_status, to_status, actor, request_id, at
+		FROM events WHERE sandbox_id = ? ORDER BY seq`, id)
+	if err != nil {
+		return nil, dbErr(err)
+	}
+	defer rows.Close()
+	out := []broker.Event{}
+	for rows.Next() {
+		var e broker.Event
+		var from, to string
+		var at int64
+		if err := rows.Scan(&e.SandboxID, &from, &to, &e.Actor, &e.RequestID, &at); err != nil {
+			return nil, dbErr(err)
+		}
+		e.From, e.To, e.At = broker.Status(from), broker.Status(to), sqlutil.Time(at)
+		out = append(out, e)
+	}
+	return out, dbErr(rows.Err())
+}
+
+// BulkDelete implements broker.SandboxStore.
+func (s *Store) BulkDelete(ctx context.Context, status broker.Status, dryRun bool, now time.Time) (int, error) {
+	if dryRun {
+		var n int
+		err := s.readers.QueryRowContext(ctx, `SELECT count(*) FROM sandboxes WHERE status = ?`, string(status)).Scan(&n)
+		return n, dbErr(err)
+	}
+	var n int
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		var err error
+		n, err = deleteWhere(ctx, tx, `status = ?`, []any{string(status)}, now)
+		return err
+	})
+	return n, dbErr(err)
+}
+
+// deleteWhere removes the sandboxes matching cond and records a "deleted"
+// event for each.
+func deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args []any, now time.Time) (int, error) {
+	rows, err := tx.QueryContext(ctx, `DELETE FROM sandboxes WHERE `+cond+` RETURNING id, status`, args...)
+	if err != nil {
+		return 0, err
+	}
+	type gone struct{ id, status string }
+	var deleted []gone
+	for rows.Next() {
+		var g gone
+		if err := rows.Scan(&g.id, &g.status); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		deleted = append(deleted, g)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, err
+	}
+	for _, g := range deleted {
+		if err := event(ctx, tx, g.id, broker.Status(g.status), broker.StatusDeleted, now); err != nil {
+			return 0, err
+		}
+	}
+	return len(deleted), nil
+}
+
+// RetryDeletion implements broker.SandboxStore.
+func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (broker.Sandbox, error) {
+	var out broker.Sandbox
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion',
+			deletion_attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ? AND status = 'deletion_failed'
+			RETURNING `+columns, sqlutil.Unix(now), id))
+		if errors.Is(err, sql.ErrNoRows) {
+			return s.diagnose(ctx, tx, id, "is %s, not deletion_failed")
+		}
+		if err != nil {
+			return err
+		}
+		out = sb
+		return event(ctx, tx, id, broker.StatusDeletionFailed, broker.StatusPendingDeletion, now)
+	})
+	if err != nil {
+		return broker.Sandbox{}, dbErr(err)
+	}
+	return out, nil
+}
+
+// diagnose returns ENOTFOUND or ECONFLICT (with format applied to the
+// current status) for a conditional write that matched no row.
+func (s *Store) diagnose(ctx context.Context, tx *sql.Tx, id, format string) error {
+	var status string
+	err := tx.QueryRowContext(ctx, `SELECT status FROM sandboxes WHERE id = ?`, id).Scan(&status)
+	if errors.Is(err, sql.ErrNoRows) {
+		return broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", id)
+	}
+	if err != nil {
+		return err
+	}
+	return broker.Errorf(broker.ECONFLICT, "sandbox %s "+format, id, status)
+}
