@@ -208,3 +208,13 @@ type Store interface {
 	// Close releases the store's resources.
 	Close() error
 }
+
+// JobStatus describes one background job for operators.
+type JobStatus struct {
+	Name     string
+	Enabled  bool
+	Paused   bool
+	Interval time.Duration
+	NextRun  time.Time // zero when not scheduled in this process
+	Runs     []JobRun  // newest first
+}
