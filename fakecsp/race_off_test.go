@@ -1,0 +1,5 @@
+//go:build !race
+
+package fakecsp_test
+
+const raceEnabled = false
