@@ -49,6 +49,10 @@ type Stats struct {
 	Total    int
 	ByStatus map[Status]int
 	ByTrack  map[string]int
+	// OldestDeletionRequest is the earliest DeletionRequestedAt among
+	// pending_deletion and deleting sandboxes (the deletion backlog's age);
+	// zero when there is none.
+	OldestDeletionRequest time.Time
 }
 
 // UpsertResult counts what UpsertAccounts changed.

@@ -412,24 +412,30 @@ func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
 		st = broker.Stats{ByStatus: map[broker.Status]int{}, ByTrack: map[string]int{}}
 		rows, err := s.pool.Query(ctx, `SELECT false, status, count(*) FROM sandboxes GROUP BY status
 			UNION ALL
-			SELECT true, track_name, count(*) FROM sandboxes WHERE track_name <> '' GROUP BY track_name`)
+			SELECT true, track_name, count(*) FROM sandboxes WHERE track_name <> '' GROUP BY track_name
+			UNION ALL
+			SELECT NULL, 'oldest', COALESCE(min(deletion_requested_at), 0) FROM sandboxes WHERE status IN ('pending_deletion', 'deleting')`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var byTrack bool
+			var byTrack *bool
 			var key string
-			var n int
+			var n int64
 			if err := rows.Scan(&byTrack, &key, &n); err != nil {
 				return err
 			}
-			if byTrack {
-				st.ByTrack[key] = n
+			if byTrack == nil {
+				st.OldestDeletionRequest = sqlutil.Time(n)
 				continue
 			}
-			st.ByStatus[broker.Status(key)] = n
-			st.Total += n
+			if *byTrack {
+				st.ByTrack[key] = int(n)
+				continue
+			}
+			st.ByStatus[broker.Status(key)] = int(n)
+			st.Total += int(n)
 		}
 		return rows.Err()
 	})

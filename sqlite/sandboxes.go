@@ -156,6 +156,9 @@ func (s *Store) List(ctx context.Context, f broker.ListFilter) (broker.ListPage,
 			return broker.ListPage{}, err
 		}
 	}
+	if f.Limit < 1 || f.Limit > 100 {
+		f.Limit = 100
+	}
 	q := `SELECT ` + columns + ` FROM sandboxes WHERE id > ?`
 	args := []any{after}
 	if f.Status != "" {
@@ -222,6 +225,12 @@ func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
 	}); err != nil {
 		return st, dbErr(err)
 	}
+	var oldest int64
+	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(min(deletion_requested_at), 0) FROM sandboxes
+		WHERE status IN ('pending_deletion', 'deleting')`).Scan(&oldest); err != nil {
+		return st, dbErr(err)
+	}
+	st.OldestDeletionRequest = sqlutil.Time(oldest)
 	return st, nil
 }
 

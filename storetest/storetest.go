@@ -458,6 +458,9 @@ func testDeletion(t *testing.T, newStore Factory) {
 		s := open(t, newStore)
 		seed(t, s, Accounts("lab", 1000, 5))
 		ids := pending(t, s, 3)
+		if st, err := s.Stats(ctx); err != nil || !st.OldestDeletionRequest.Equal(t0) {
+			t.Fatalf("oldest deletion request = %v, %v; want %v", st.OldestDeletionRequest, err, t0)
+		}
 		got := claimIDs(t, s, broker.ClaimRequest{Now: t0, Lease: lease, Limit: 2, Token: "w1"})
 		if len(got) != 2 {
 			t.Fatalf("claimed %v, want 2", got)
