@@ -129,7 +129,7 @@ func (s *Store) ExpireAllocations(ctx context.Context, now time.Time, grace time
 		ids = nil
 		ts := sqlutil.Unix(now)
 		rows, err := tx.QueryContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion', deletion_requested_at = ?,
-			updated_at = ?, next_attempt_at = 0 WHERE id IN (SELECT id FROM sandboxes WHERE status = 'allocated'
+			updated_at = ?, next_attempt_at = 0 WHERE id IN (SELECT id FROM sandboxes INDEXED BY sandboxes_expiry WHERE status = 'allocated'
 			AND expires_at <= ? ORDER BY expires_at LIMIT ?) AND status = 'allocated' RETURNING id`,
 			ts, ts, ts-int64(grace/time.Second), limit)
 		if err != nil {
@@ -174,9 +174,9 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 		}
 		var picked []claimed
 		rows, err := tx.QueryContext(ctx, `SELECT id, status FROM (
-			SELECT id, status FROM sandboxes WHERE status = 'pending_deletion' AND next_attempt_at <= ?
+			SELECT id, status FROM sandboxes INDEXED BY sandboxes_due WHERE status = 'pending_deletion' AND next_attempt_at <= ?
 			UNION ALL
-			SELECT id, status FROM sandboxes WHERE status = 'deleting' AND lease_until < ?) LIMIT ?`, ts, ts, req.Limit)
+			SELECT id, status FROM sandboxes INDEXED BY sandboxes_lease WHERE status = 'deleting' AND lease_until < ?) LIMIT ?`, ts, ts, req.Limit)
 		if err != nil {
 			return err
 		}
