@@ -1,5 +1,10 @@
 package broker
 
+import (
+	"fmt"
+	"strings"
+)
+
 // Transition is one allowed move of the state machine. Every transition is
 // performed by a store as a single conditional write: "set To where status =
 // From" (plus the guard), never read-then-overwrite.
@@ -36,4 +41,19 @@ func CanTransition(from, to Status) bool {
 		}
 	}
 	return false
+}
+
+// TransitionTable renders Transitions as the Markdown table in
+// docs/state-machine.md.
+func TransitionTable() string {
+	var b strings.Builder
+	b.WriteString("| From | To | Triggered by | Guard (checked in the same conditional write) |\n|---|---|---|---|\n")
+	for _, t := range Transitions {
+		from := string(t.From)
+		if from == "" {
+			from = "(none)"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", from, t.To, t.By, t.Guard)
+	}
+	return b.String()
 }
