@@ -37,6 +37,9 @@ type Config struct {
 	DDBTable    string // DDB_TABLE_NAME
 	DDBEndpoint string // DDB_ENDPOINT_URL
 	AWSRegion   string // AWS_REGION
+	// DDBCreateTable creates a missing table on start (DDB_CREATE_TABLE);
+	// otherwise run `sandbox-broker migrate`.
+	DDBCreateTable bool
 
 	// Provider
 	CSPBaseURL        string        // CSP_BASE_URL; empty = no provider
@@ -98,9 +101,10 @@ func Load(getenv func(string) string) (Config, error) {
 		LabDuration: p.hours("LAB_DURATION_HOURS", 48, 0.01, 24*365),
 		GracePeriod: time.Duration(p.float("GRACE_PERIOD_MINUTES", 30, 0, 60*24*30) * float64(time.Minute)),
 
-		DDBTable:    p.str("DDB_TABLE_NAME", "SandboxPool"),
-		DDBEndpoint: p.str("DDB_ENDPOINT_URL", ""),
-		AWSRegion:   p.str("AWS_REGION", "us-east-1"),
+		DDBTable:       p.str("DDB_TABLE_NAME", "SandboxPool"),
+		DDBEndpoint:    p.str("DDB_ENDPOINT_URL", ""),
+		AWSRegion:      p.str("AWS_REGION", "us-east-1"),
+		DDBCreateTable: p.boolean("DDB_CREATE_TABLE", false),
 
 		CSPBaseURL:        strings.TrimRight(p.str("CSP_BASE_URL", ""), "/"),
 		CSPToken:          p.str("CSP_API_TOKEN", ""),

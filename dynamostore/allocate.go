@@ -16,9 +16,9 @@ import (
 
 // Allocation tuning. See PROTOCOL.md for how they bound the work.
 const (
-	candidatePage    = 50                     // AvailableIndex items read per query
-	candidateTake    = 8                      // of which at most this many are tried before reading again
-	randomShardTries = 3                      // shards read before StatusIndex, without a prefix
+	candidatePage    = 100                    // AvailableIndex items read per query
+	candidateTake    = 3                      // of which at most this many are tried before reading again
+	randomShardTries = 2                      // shards read before StatusIndex, without a prefix
 	backoffBase      = 10 * time.Millisecond  // first pause after a page of lost claims
 	backoffStep      = 200 * time.Millisecond // longest single pause
 	backoffBudget    = 2 * time.Second        // total pauses of one allocation
@@ -85,6 +85,7 @@ type reservation struct {
 	now      time.Time
 	track    string
 	duration time.Duration
+	prefix   string
 }
 
 func decodeReservation(it item) reservation {
@@ -97,6 +98,7 @@ func decodeReservation(it item) reservation {
 		now:       fromUnix(getN(it, "op_now")),
 		track:     getS(it, "op_track"),
 		duration:  time.Duration(getN(it, "op_duration_sec")) * time.Second,
+		prefix:    getS(it, "op_prefix"),
 	}
 }
 
@@ -116,7 +118,7 @@ func (a *allocation) run(ctx context.Context) (broker.Allocation, error) {
 			out, err = a.begin(ctx, nil)
 		case res.state == stateLinked:
 			out, err = a.linked(ctx, res)
-		case res.nonce == a.nonce:
+		case a.nonce != "" && res.nonce == a.nonce:
 			// Our own operation (e.g. an SDK retry of our put succeeded).
 			out, err = a.drive(ctx, res)
 		case time.Since(res.reserved) < a.s.cfg.RecoverAfter:
@@ -177,9 +179,24 @@ func (a *allocation) begin(ctx context.Context, prev *reservation) (broker.Alloc
 		cond = "#res_state = :linked AND #res_nonce = :old"
 		vals = item{":linked": avS(stateLinked), ":old": avS(prev.nonce)}
 	}
-	if sb, ok, err := a.findHeld(ctx); err != nil {
-		return broker.Allocation{}, err
-	} else if ok {
+	// Look for a held sandbox and for a candidate at the same time: both
+	// are reads, and a held sandbox makes the candidate moot.
+	var (
+		sb      broker.Sandbox
+		held    bool
+		heldErr error
+		done    = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		sb, held, heldErr = a.findHeld(ctx)
+	}()
+	cand, err := a.pick.next(ctx)
+	<-done
+	if heldErr != nil {
+		return broker.Allocation{}, heldErr
+	}
+	if held {
 		rec := a.reservationItem(newToken(), sb.ID, a.req)
 		rec[attrResState], rec[attrResSandbox] = avS(stateLinked), avS(sb.ID)
 		written, err := a.s.putItem(ctx, rec, cond, vals)
@@ -191,7 +208,17 @@ func (a *allocation) begin(ctx context.Context, prev *reservation) (broker.Alloc
 		}
 		return broker.Allocation{Sandbox: sb, Replayed: true}, nil
 	}
-	cand, err := a.pick.next(ctx)
+	if broker.ErrorCode(err) == broker.ENOSANDBOX {
+		// A duplicate may have taken the last sandbox for this pair
+		// meanwhile: answer with its outcome rather than "none".
+		it, rerr := a.s.getItem(ctx, a.key)
+		if rerr != nil {
+			return broker.Allocation{}, rerr
+		}
+		if it != nil && (prev == nil || getS(it, attrResNonce) != prev.nonce) {
+			return broker.Allocation{}, errRestart
+		}
+	}
 	if err != nil {
 		return broker.Allocation{}, err
 	}
@@ -219,6 +246,9 @@ func (a *allocation) reservationItem(nonce, cand string, req broker.AllocateRequ
 	it["op_duration_sec"] = avN(int64(req.LabDuration / time.Second))
 	if req.TrackName != "" {
 		it["op_track"] = avS(req.TrackName)
+	}
+	if req.NamePrefix != "" {
+		it["op_prefix"] = avS(req.NamePrefix)
 	}
 	it["ttl"] = avN(now.Add(reservationTTL).Unix())
 	return it
@@ -262,13 +292,23 @@ func (a *allocation) findHeld(ctx context.Context) (broker.Sandbox, bool, error)
 // the reservation's current candidate, so one operation claims at most one
 // sandbox.
 func (a *allocation) drive(ctx context.Context, res reservation) (broker.Allocation, error) {
+	if res.prefix != a.pick.prefix {
+		// Finish someone else's operation on its own terms.
+		a.pick = &picker{s: a.s, prefix: res.prefix, lost: a.pick.lost}
+	}
 	for {
-		sb, claimed, err := a.claim(ctx, res)
+		sb, claimed, record, err := a.claim(ctx, res)
 		if err != nil {
 			return broker.Allocation{}, err
 		}
 		if claimed {
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				record() // the audit event, while the link is written
+			}()
 			ok, err := a.link(ctx, res)
+			<-done
 			if err != nil {
 				return broker.Allocation{}, err
 			}
@@ -279,8 +319,9 @@ func (a *allocation) drive(ctx context.Context, res reservation) (broker.Allocat
 		}
 		a.pick.lost[res.candidate] = true
 		next, err := a.pick.next(ctx)
-		if broker.ErrorCode(err) == broker.ENOSANDBOX {
-			// Nothing left: abandon the operation, unless it changed.
+		if broker.ErrorCode(err) == broker.ENOSANDBOX || errors.Is(err, errContention) {
+			// Nothing left, or no luck: abandon the operation (unless it
+			// changed), so that a retry starts afresh without waiting.
 			_, ok, derr := a.s.deleteItem(ctx, a.key, pendingCond, pendingVals(res))
 			if derr != nil {
 				return broker.Allocation{}, derr
@@ -315,8 +356,11 @@ func pendingVals(res reservation) item {
 // claim tries to allocate the operation's candidate: an update conditional
 // on status = available. If the condition fails, the candidate may already
 // have been claimed by this very operation (another party driving it, or a
-// retried request): a consistent read tells.
-func (a *allocation) claim(ctx context.Context, res reservation) (broker.Sandbox, bool, error) {
+// retried request): the item returned with the failed condition (or a
+// consistent read) tells. record writes the audit event of a claim this
+// call made (a no-op otherwise).
+func (a *allocation) claim(ctx context.Context, res reservation) (sb broker.Sandbox, claimed bool, record func(), err error) {
+	record = func() {}
 	now := res.now
 	u := newUpdate().
 		set(aStatus, avS(string(broker.StatusAllocated))).
@@ -335,22 +379,22 @@ func (a *allocation) claim(ctx context.Context, res reservation) (broker.Sandbox
 	img, ok, err := a.s.updateItem(ctx, sbxKey(res.candidate), u, "attribute_exists(#PK) AND #status = :available",
 		item{":available": avS(string(broker.StatusAvailable))}, true)
 	if err != nil {
-		return broker.Sandbox{}, false, err
+		return sb, false, record, err
 	}
 	if ok {
-		a.s.event(ctx, res.candidate, img, broker.StatusAvailable, broker.StatusAllocated, now)
-		return a.s.decodeSandbox(img), true, nil
+		record = func() { a.s.event(ctx, res.candidate, img, broker.StatusAvailable, broker.StatusAllocated, now) }
+		return a.s.decodeSandbox(img), true, record, nil
 	}
 	cur := img // the image DynamoDB returned with the failed condition
 	if cur == nil {
 		if cur, err = a.s.getItem(ctx, sbxKey(res.candidate)); err != nil {
-			return broker.Sandbox{}, false, err
+			return sb, false, record, err
 		}
 	}
 	if cur != nil && getS(cur, aStatus) == string(broker.StatusAllocated) && getS(cur, aIdemNonce) == res.nonce {
-		return a.s.decodeSandbox(cur), true, nil
+		return a.s.decodeSandbox(cur), true, record, nil
 	}
-	return broker.Sandbox{}, false, nil
+	return sb, false, record, nil
 }
 
 // link marks the operation done: the reservation now names its sandbox.
@@ -396,7 +440,7 @@ func (p *picker) next(ctx context.Context) (string, error) {
 	if len(p.lost) > 0 {
 		// The previous candidates were taken: back off a little, within a
 		// total budget, before reading the index again.
-		d := jitter(min(backoffBase<<min(p.reads, 8), backoffStep))
+		d := jitter(min(backoffBase<<min(max(p.reads-1, 0), 8), backoffStep))
 		if p.slept+d <= backoffBudget {
 			p.slept += d
 			if err := sleep(ctx, d); err != nil {

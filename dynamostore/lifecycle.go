@@ -17,13 +17,22 @@ import (
 // batchGetMax is BatchGetItem's limit of keys per call.
 const batchGetMax = 100
 
+// syncTouchInterval is how often sync rewrites an available sandbox whose
+// metadata did not change, only to refresh last_synced. Every write to an
+// available sandbox also rewrites its entry in the one "available"
+// partition of StatusIndex, so rewriting 100,000 unchanged items on every
+// run would throttle that partition, and allocations with it.
+const syncTouchInterval = time.Hour
+
 // UpsertAccounts inserts unknown accounts as available, refreshes the
 // metadata of available ones and makes stale ones available again; it never
 // touches a sandbox in any other status. Accounts are handled in chunks of
-// 100: one BatchGetItem reads their statuses, then one write per account,
-// conditional on the status read (attribute_not_exists for an insert), runs
-// on up to WriteConcurrency goroutines; a failed condition re-reads and
-// retries that account. Returns EUNAVAILABLE.
+// 100: one consistent BatchGetItem reads their current items, then one
+// write per account, conditional on the status read (attribute_not_exists
+// for an insert), runs on up to WriteConcurrency goroutines; a failed
+// condition re-reads and retries that account. An available sandbox whose
+// metadata is unchanged counts as refreshed but is rewritten (for
+// last_synced) only once per syncTouchInterval. Returns EUNAVAILABLE.
 func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, now time.Time) (broker.UpsertResult, error) {
 	var total broker.UpsertResult
 	var mu sync.Mutex
@@ -33,13 +42,12 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 		for i, a := range chunk {
 			ids[i] = a.ID
 		}
-		current, err := s.batchStatuses(ctx, ids)
+		current, err := s.batchGet(ctx, ids)
 		if err != nil {
 			return total, err
 		}
 		err = parallel(ctx, len(chunk), s.cfg.WriteConcurrency, func(ctx context.Context, i int) error {
-			st, found := current[chunk[i].ID]
-			res, err := s.upsertOne(ctx, chunk[i], st, found, now)
+			res, err := s.upsertOne(ctx, chunk[i], current[chunk[i].ID], now)
 			mu.Lock()
 			total.Inserted += res.Inserted
 			total.Refreshed += res.Refreshed
@@ -54,10 +62,10 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 	return total, nil
 }
 
-// batchStatuses returns the status of each existing sandbox among ids
-// (strongly consistent reads).
-func (s *Store) batchStatuses(ctx context.Context, ids []string) (map[string]broker.Status, error) {
-	out := make(map[string]broker.Status, len(ids))
+// batchGet returns the existing sandboxes among ids by id, with the
+// attributes sync compares (strongly consistent reads).
+func (s *Store) batchGet(ctx context.Context, ids []string) (map[string]item, error) {
+	out := make(map[string]item, len(ids))
 	seen := map[string]bool{}
 	var keys []item
 	for _, id := range ids {
@@ -66,11 +74,12 @@ func (s *Store) batchStatuses(ctx context.Context, ids []string) (map[string]bro
 			keys = append(keys, sbxKey(id))
 		}
 	}
+	proj := aws.String("#PK, #status, #name, #external_id, #sfdc_account_id, #last_synced, #avail_shard")
 	req := map[string]types.KeysAndAttributes{s.cfg.Table: {
 		Keys:                     keys,
 		ConsistentRead:           aws.Bool(true),
-		ProjectionExpression:     aws.String("#PK, #status"),
-		ExpressionAttributeNames: names(aws.String("#PK, #status")),
+		ProjectionExpression:     proj,
+		ExpressionAttributeNames: names(proj),
 	}}
 	for delay := 20 * time.Millisecond; len(req) > 0 && len(req[s.cfg.Table].Keys) > 0; delay = min(2*delay, time.Second) {
 		res, err := s.db.BatchGetItem(ctx, &dynamodb.BatchGetItemInput{RequestItems: req})
@@ -78,7 +87,7 @@ func (s *Store) batchStatuses(ctx context.Context, ids []string) (map[string]bro
 			return nil, dbErr(err)
 		}
 		for _, it := range res.Responses[s.cfg.Table] {
-			out[idFromItem(it)] = broker.Status(getS(it, aStatus))
+			out[idFromItem(it)] = it
 		}
 		req = res.UnprocessedKeys
 		if len(req) > 0 {
@@ -90,13 +99,15 @@ func (s *Store) batchStatuses(ctx context.Context, ids []string) (map[string]bro
 	return out, nil
 }
 
-// upsertOne applies one account, retrying on a concurrent change.
-func (s *Store) upsertOne(ctx context.Context, a broker.Account, status broker.Status, found bool, now time.Time) (broker.UpsertResult, error) {
+// upsertOne applies one account given its current item (nil when absent),
+// retrying on a concurrent change.
+func (s *Store) upsertOne(ctx context.Context, a broker.Account, cur item, now time.Time) (broker.UpsertResult, error) {
 	for attempt := 0; attempt < 5; attempt++ {
 		var ok bool
 		var err error
+		status := broker.Status(getS(cur, aStatus))
 		switch {
-		case !found:
+		case cur == nil:
 			it := newSandboxItem(a, now, newGeneration())
 			ok, err = s.putItem(ctx, it, "attribute_not_exists(#PK)", nil)
 			if ok {
@@ -104,6 +115,9 @@ func (s *Store) upsertOne(ctx context.Context, a broker.Account, status broker.S
 				return broker.UpsertResult{Inserted: 1}, nil
 			}
 		case status == broker.StatusAvailable:
+			if syncCurrent(a, cur, now) {
+				return broker.UpsertResult{Refreshed: 1}, nil
+			}
 			u := syncUpdate(a, now).
 				setExpr(aAvailShard, "if_not_exists(#avail_shard, :avail_shard)", item{":avail_shard": avS(randomShard())})
 			ok, err = s.condUpdate(ctx, a.ID, u, "#status = :available", item{":available": avS(string(broker.StatusAvailable))}, nil)
@@ -128,14 +142,22 @@ func (s *Store) upsertOne(ctx context.Context, a broker.Account, status broker.S
 			return broker.UpsertResult{}, err
 		}
 		// The item changed since it was read: read it again.
-		it, err := s.getItem(ctx, sbxKey(a.ID))
-		if err != nil {
+		if cur, err = s.getItem(ctx, sbxKey(a.ID)); err != nil {
 			return broker.UpsertResult{}, err
 		}
-		found, status = it != nil, broker.Status(getS(it, aStatus))
 	}
 	s.log.Warn("sync gave up on a sandbox that kept changing", "sandbox_id", a.ID)
 	return broker.UpsertResult{}, nil
+}
+
+// syncCurrent reports whether an available sandbox already has the
+// account's metadata and its shard, and was synced recently enough.
+func syncCurrent(a broker.Account, cur item, now time.Time) bool {
+	return getS(cur, aName) == sandboxName(a) &&
+		getS(cur, aExternalID) == a.ExternalID &&
+		getS(cur, aSFDC) == a.SFDCAccountID &&
+		has(cur, aAvailShard) &&
+		now.Sub(fromUnix(getN(cur, aLastSynced))) < syncTouchInterval
 }
 
 // syncUpdate sets the provider-owned metadata of a sandbox.

@@ -14,9 +14,9 @@ import (
 	broker "github.com/sandbox-broker/broker"
 )
 
-// defaultListLimit is the page size when the filter gives none (the
-// Python service's default).
-const defaultListLimit = 50
+// maxListLimit is the largest page, and the page size of a limit out of
+// range (as the SQL stores do).
+const maxListLimit = 100
 
 // listPath is how List reads: the most selective index the filter allows.
 type listPath string
@@ -48,7 +48,8 @@ func keyAttrs(p listPath) []string {
 	return []string{aPK, aSK}
 }
 
-// List returns one page of sandboxes matching f. It queries TrackIndex
+// List returns one page of at most f.Limit (1..100; 100 otherwise)
+// sandboxes matching f. It queries TrackIndex
 // when f has an owner, StatusIndex when it has a status, and otherwise
 // scans the table (skipping items that are not sandboxes); the other
 // conditions are filters, so a selective filter without owner or status
@@ -59,8 +60,8 @@ func keyAttrs(p listPath) []string {
 // filter, EUNAVAILABLE.
 func (s *Store) List(ctx context.Context, f broker.ListFilter) (broker.ListPage, error) {
 	limit := f.Limit
-	if limit <= 0 {
-		limit = defaultListLimit
+	if limit < 1 || limit > maxListLimit {
+		limit = maxListLimit
 	}
 	path := choosePath(f)
 	start, err := decodeCursor(f.Cursor, path, f)

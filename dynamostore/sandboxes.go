@@ -96,10 +96,12 @@ func (s *Store) History(ctx context.Context, id string) ([]broker.Event, error) 
 	return out, err
 }
 
-// Stats counts every sandbox by status and by track name. Cost: one
+// Stats counts every sandbox by status and by track name, and finds the
+// oldest deletion request among pending_deletion and deleting. Cost: one
 // paginated StatusIndex query per status, run in parallel; available and
 // stale are counted with Select=COUNT, the other statuses (the only ones
-// that can carry a track name) are read with a track_name projection.
+// that can carry a track name) are read with a projection of track_name
+// and deletion_requested_at.
 // DynamoDB bills the whole index entries either way: about
 // total index size / 4 KB / 2 read units, i.e. ~6,000 RCU (and 1-2 s) for
 // a pool of 100,000. The counts are exact but read from an eventually
@@ -116,11 +118,14 @@ func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
 			mu.Unlock()
 			return err
 		}
-		n, tracks := 0, map[string]int{}
-		err := s.queryAll(ctx, s.statusQuery(status, "", "#track_name", nil), func(it item) error {
+		n, tracks, oldest := 0, map[string]int{}, int64(0)
+		err := s.queryAll(ctx, s.statusQuery(status, "", "#track_name, #deletion_requested_at", nil), func(it item) error {
 			n++
 			if t := getS(it, aTrackName); t != "" {
 				tracks[t]++
+			}
+			if at := getN(it, aDeletionRequestedAt); at != 0 && (oldest == 0 || at < oldest) {
+				oldest = at
 			}
 			return nil
 		})
@@ -129,6 +134,11 @@ func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
 		st.ByStatus[status] = n
 		for t, k := range tracks {
 			st.ByTrack[t] += k
+		}
+		if status == broker.StatusPendingDeletion || status == broker.StatusDeleting {
+			if at := fromUnix(oldest); !at.IsZero() && (st.OldestDeletionRequest.IsZero() || at.Before(st.OldestDeletionRequest)) {
+				st.OldestDeletionRequest = at
+			}
 		}
 		return err
 	})

@@ -69,7 +69,8 @@ func Migrate(ctx context.Context, cfg Config) (MigrateResult, error) {
 	return s.Migrate(ctx)
 }
 
-// Migrate is the package-level Migrate on this store's table.
+// Migrate does what the package-level Migrate does, on this store's table.
+// Returns EUNAVAILABLE when DynamoDB cannot be reached.
 func (s *Store) Migrate(ctx context.Context) (MigrateResult, error) {
 	var res MigrateResult
 	desc, err := s.describe(ctx)

@@ -208,7 +208,8 @@ func newStore(ctx context.Context, cfg Config) (*Store, error) {
 	}, nil
 }
 
-// Close releases nothing: the store holds only an HTTP connection pool.
+// Close releases nothing and never fails: the store holds only an HTTP
+// connection pool, whose idle connections time out on their own.
 func (s *Store) Close() error { return nil }
 
 // Ping checks that the table can be read with one GetItem of a key that

@@ -112,6 +112,7 @@ func (s *Server) logRequest(r *http.Request, info *reqInfo, status int, d time.D
 	if route == "" {
 		route = r.Pattern
 	}
+	route = routeLabel(route)
 	if route == "" {
 		route = "unmatched"
 	}
@@ -143,6 +144,15 @@ func (s *Server) logRequest(r *http.Request, info *reqInfo, status int, d time.D
 		}
 	}
 	s.cfg.Logger.LogAttrs(r.Context(), level, r.Method+" "+route+" "+fmt.Sprint(status), attrs...)
+}
+
+// routeLabel is the route of a request for logs and metrics: its ServeMux
+// pattern without the method, e.g. /v1/sandboxes/{id}, a bounded set.
+func routeLabel(pattern string) string {
+	if method, path, ok := strings.Cut(pattern, " "); ok && !strings.HasPrefix(method, "/") {
+		return path
+	}
+	return pattern
 }
 
 func (s *Server) securityHeaders(h http.Header, path string) {

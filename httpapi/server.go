@@ -39,6 +39,7 @@ type Config struct {
 	Middleware            func(http.Handler) http.Handler // optional, wraps routes inside the outer layer (rate limiting)
 	NoSandboxRetryAfter   time.Duration                   // Retry-After on 409, default 30s
 	UnavailableRetryAfter time.Duration                   // Retry-After on 503, default 5s
+	HealthOnly            bool                            // serve only /healthz, /readyz and Extra (worker); Service and tokens unused
 }
 
 // Server is the broker's http.Handler.
@@ -94,6 +95,9 @@ type route struct {
 }
 
 func (s *Server) routeTable() []route {
+	if s.cfg.HealthOnly {
+		return []route{{"GET", "/healthz", s.healthz}, {"GET", "/readyz", s.readyz}}
+	}
 	b := s.cfg.BasePath
 	track := func(h http.HandlerFunc) http.HandlerFunc { return s.auth(roleTrack, h) }
 	admin := func(h http.HandlerFunc) http.HandlerFunc { return s.auth(roleAdmin, h) }
@@ -103,6 +107,10 @@ func (s *Server) routeTable() []route {
 		{"POST", b + "/allocate", track(s.allocate)},
 		{"GET", b + "/sandboxes/{id}", track(s.getSandbox)},
 		{"POST", b + "/sandboxes/{id}/mark-for-deletion", track(s.markForDeletion)},
+		{"GET", b + "/openapi.json", s.openAPI()},
+		{"GET", b + "/docs", s.docs()},
+		{"GET", b + "/docs/assets/docs.js", s.docsAsset("docs.js")},
+		{"GET", b + "/docs/assets/docs.css", s.docsAsset("docs.css")},
 	}
 	return append(rs, s.adminRoutes(admin)...)
 }

@@ -13,7 +13,7 @@ import (
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error) {
 	var ok bool
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `INSERT INTO leases (name, holder, until) VALUES (?, ?, ?)
+		r, err := s.exec(ctx, tx, `INSERT INTO leases (name, holder, until) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
 			WHERE leases.holder = excluded.holder OR leases.until < ?`,
 			name, holder, sqlutil.Unix(now.Add(ttl)), sqlutil.Unix(now))
@@ -30,7 +30,7 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 // ReleaseLease implements broker.JobStore.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `DELETE FROM leases WHERE name = ? AND holder = ?`, name, holder)
+		_, err := s.exec(ctx, tx, `DELETE FROM leases WHERE name = ? AND holder = ?`, name, holder)
 		return err
 	}))
 }
@@ -38,7 +38,7 @@ func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 // SetJobPaused implements broker.JobStore.
 func (s *Store) SetJobPaused(ctx context.Context, job string, paused bool) error {
 	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO job_settings (job, paused) VALUES (?, ?)
+		_, err := s.exec(ctx, tx, `INSERT INTO job_settings (job, paused) VALUES (?, ?)
 			ON CONFLICT (job) DO UPDATE SET paused = excluded.paused`, job, paused)
 		return err
 	}))
@@ -64,7 +64,7 @@ func (s *Store) PausedJobs(ctx context.Context) (map[string]bool, error) {
 // SaveJobRun implements broker.JobStore.
 func (s *Store) SaveJobRun(ctx context.Context, run broker.JobRun) error {
 	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO job_runs (id, job, status, trigger, queued_at, started_at, finished_at, result)
+		_, err := s.exec(ctx, tx, `INSERT INTO job_runs (id, job, status, trigger, queued_at, started_at, finished_at, result)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET job = excluded.job, status = excluded.status,
 			trigger = excluded.trigger, queued_at = excluded.queued_at, started_at = excluded.started_at,
 			finished_at = excluded.finished_at, result = excluded.result`,

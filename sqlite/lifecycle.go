@@ -24,7 +24,7 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 		err := s.write(ctx, func(tx *sql.Tx) error {
 			res = broker.UpsertResult{}
 			for _, a := range chunk {
-				if err := upsertOne(ctx, tx, a, now, &res); err != nil {
+				if err := s.upsertOne(ctx, tx, a, now, &res); err != nil {
 					return err
 				}
 			}
@@ -40,9 +40,9 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 	return total, nil
 }
 
-func upsertOne(ctx context.Context, tx *sql.Tx, a broker.Account, now time.Time, res *broker.UpsertResult) error {
+func (s *Store) upsertOne(ctx context.Context, tx *sql.Tx, a broker.Account, now time.Time, res *broker.UpsertResult) error {
 	ts := sqlutil.Unix(now)
-	r, err := tx.ExecContext(ctx, `INSERT INTO sandboxes (id, name, external_id, sfdc_account_id, status, created_at, updated_at, last_synced)
+	r, err := s.exec(ctx, tx, `INSERT INTO sandboxes (id, name, external_id, sfdc_account_id, status, created_at, updated_at, last_synced)
 		VALUES (?, ?, ?, ?, 'available', ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
 		a.ID, a.Name, a.ExternalID, a.SFDCAccountID, sqlutil.Unix(a.CreatedAt), ts, ts)
 	if err != nil {
@@ -50,18 +50,18 @@ func upsertOne(ctx context.Context, tx *sql.Tx, a broker.Account, now time.Time,
 	}
 	if n, _ := r.RowsAffected(); n == 1 {
 		res.Inserted++
-		return event(ctx, tx, a.ID, "", broker.StatusAvailable, now)
+		return s.event(ctx, tx, a.ID, "", broker.StatusAvailable, now)
 	}
 	// Inside the writer's transaction nothing else writes, so the status
 	// read here is the one the conditional update below is checked against.
 	var from string
-	if err := tx.QueryRowContext(ctx, `SELECT status FROM sandboxes WHERE id = ?`, a.ID).Scan(&from); err != nil {
+	if err := s.qrow(ctx, tx, `SELECT status FROM sandboxes WHERE id = ?`, a.ID).Scan(&from); err != nil {
 		return err
 	}
 	if from != string(broker.StatusAvailable) && from != string(broker.StatusStale) {
 		return nil // allocated, pending deletion, ...: sync never touches it
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE sandboxes SET name = ?, external_id = ?, sfdc_account_id = ?, status = 'available',
+	if _, err := s.exec(ctx, tx, `UPDATE sandboxes SET name = ?, external_id = ?, sfdc_account_id = ?, status = 'available',
 		updated_at = ?, last_synced = ? WHERE id = ? AND status = ?`,
 		a.Name, a.ExternalID, a.SFDCAccountID, ts, ts, a.ID, from); err != nil {
 		return err
@@ -71,7 +71,7 @@ func upsertOne(ctx context.Context, tx *sql.Tx, a broker.Account, now time.Time,
 		return nil
 	}
 	res.Revived++
-	return event(ctx, tx, a.ID, broker.StatusStale, broker.StatusAvailable, now)
+	return s.event(ctx, tx, a.ID, broker.StatusStale, broker.StatusAvailable, now)
 }
 
 // IDsWithStatus implements broker.LifecycleStore.
@@ -101,13 +101,13 @@ func (s *Store) MarkStale(ctx context.Context, ids []string, now time.Time) (int
 		err := s.write(ctx, func(tx *sql.Tx) error {
 			n = 0
 			for _, id := range chunk {
-				r, err := tx.ExecContext(ctx, `UPDATE sandboxes SET status = 'stale', updated_at = ? WHERE id = ? AND status = 'available'`, sqlutil.Unix(now), id)
+				r, err := s.exec(ctx, tx, `UPDATE sandboxes SET status = 'stale', updated_at = ? WHERE id = ? AND status = 'available'`, sqlutil.Unix(now), id)
 				if err != nil {
 					return err
 				}
 				if k, _ := r.RowsAffected(); k == 1 {
 					n++
-					if err := event(ctx, tx, id, broker.StatusAvailable, broker.StatusStale, now); err != nil {
+					if err := s.event(ctx, tx, id, broker.StatusAvailable, broker.StatusStale, now); err != nil {
 						return err
 					}
 				}
@@ -128,7 +128,7 @@ func (s *Store) ExpireAllocations(ctx context.Context, now time.Time, grace time
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		ids = nil
 		ts := sqlutil.Unix(now)
-		rows, err := tx.QueryContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion', deletion_requested_at = ?,
+		rows, err := s.query(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion', deletion_requested_at = ?,
 			updated_at = ?, next_attempt_at = 0 WHERE id IN (SELECT id FROM sandboxes INDEXED BY sandboxes_expiry WHERE status = 'allocated'
 			AND expires_at <= ? ORDER BY expires_at LIMIT ?) AND status = 'allocated' RETURNING id`,
 			ts, ts, ts-int64(grace/time.Second), limit)
@@ -140,7 +140,7 @@ func (s *Store) ExpireAllocations(ctx context.Context, now time.Time, grace time
 			return err
 		}
 		for _, id := range ids {
-			if err := event(ctx, tx, id, broker.StatusAllocated, broker.StatusPendingDeletion, now); err != nil {
+			if err := s.event(ctx, tx, id, broker.StatusAllocated, broker.StatusPendingDeletion, now); err != nil {
 				return err
 			}
 		}
@@ -173,7 +173,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 			from broker.Status
 		}
 		var picked []claimed
-		rows, err := tx.QueryContext(ctx, `SELECT id, status FROM (
+		rows, err := s.query(ctx, tx, `SELECT id, status FROM (
 			SELECT id, status FROM sandboxes INDEXED BY sandboxes_due WHERE status = 'pending_deletion' AND next_attempt_at <= ?
 			UNION ALL
 			SELECT id, status FROM sandboxes INDEXED BY sandboxes_lease WHERE status = 'deleting' AND lease_until < ?) LIMIT ?`, ts, ts, req.Limit)
@@ -194,7 +194,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 		}
 		until := sqlutil.Unix(req.Now.Add(req.Lease))
 		for _, c := range picked {
-			sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'deleting', claim_token = ?, lease_until = ?, updated_at = ?
+			sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'deleting', claim_token = ?, lease_until = ?, updated_at = ?
 				WHERE id = ? AND ((status = 'pending_deletion' AND next_attempt_at <= ?) OR (status = 'deleting' AND lease_until < ?))
 				RETURNING `+columns, req.Token, until, ts, c.id, ts, ts))
 			if errors.Is(err, sql.ErrNoRows) {
@@ -204,7 +204,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 				return err
 			}
 			if c.from != broker.StatusDeleting {
-				if err := event(ctx, tx, c.id, c.from, broker.StatusDeleting, req.Now); err != nil {
+				if err := s.event(ctx, tx, c.id, c.from, broker.StatusDeleting, req.Now); err != nil {
 					return err
 				}
 			}
@@ -218,7 +218,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 // CompleteDeletion implements broker.LifecycleStore.
 func (s *Store) CompleteDeletion(ctx context.Context, id, token string, now time.Time) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		n, err := deleteWhere(ctx, tx, `id = ? AND status = 'deleting' AND claim_token = ?`, []any{id, token}, now)
+		n, err := s.deleteWhere(ctx, tx, `id = ? AND status = 'deleting' AND claim_token = ?`, []any{id, token}, now)
 		if err != nil {
 			return err
 		}
@@ -239,7 +239,7 @@ func (s *Store) FailDeletion(ctx context.Context, req broker.FailRequest) (broke
 	var to broker.Status
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var status string
-		err := tx.QueryRowContext(ctx, `UPDATE sandboxes SET
+		err := s.qrow(ctx, tx, `UPDATE sandboxes SET
 			deletion_attempts = deletion_attempts + 1,
 			status = CASE WHEN deletion_attempts + 1 >= ? THEN 'deletion_failed' ELSE 'pending_deletion' END,
 			next_attempt_at = ?, last_error = ?, claim_token = '', lease_until = 0, updated_at = ?
@@ -252,7 +252,7 @@ func (s *Store) FailDeletion(ctx context.Context, req broker.FailRequest) (broke
 			return err
 		}
 		to = broker.Status(status)
-		return event(ctx, tx, req.ID, broker.StatusDeleting, to, req.Now)
+		return s.event(ctx, tx, req.ID, broker.StatusDeleting, to, req.Now)
 	})
 	return to, dbErr(err)
 }
@@ -260,7 +260,7 @@ func (s *Store) FailDeletion(ctx context.Context, req broker.FailRequest) (broke
 // ReleaseDeletion implements broker.LifecycleStore.
 func (s *Store) ReleaseDeletion(ctx context.Context, id, token string, now time.Time) error {
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		r, err := tx.ExecContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion', claim_token = '', lease_until = 0, updated_at = ?
+		r, err := s.exec(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion', claim_token = '', lease_until = 0, updated_at = ?
 			WHERE id = ? AND status = 'deleting' AND claim_token = ?`, sqlutil.Unix(now), id, token)
 		if err != nil {
 			return err
@@ -268,7 +268,7 @@ func (s *Store) ReleaseDeletion(ctx context.Context, id, token string, now time.
 		if n, _ := r.RowsAffected(); n == 0 {
 			return lostClaim(id)
 		}
-		return event(ctx, tx, id, broker.StatusDeleting, broker.StatusPendingDeletion, now)
+		return s.event(ctx, tx, id, broker.StatusDeleting, broker.StatusPendingDeletion, now)
 	})
 	return dbErr(err)
 }
@@ -278,7 +278,7 @@ func (s *Store) PurgeStale(ctx context.Context, cutoff, now time.Time) (int, err
 	var n int
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		n, err = deleteWhere(ctx, tx, `status = 'stale' AND updated_at <= ?`, []any{sqlutil.Unix(cutoff)}, now)
+		n, err = s.deleteWhere(ctx, tx, `status = 'stale' AND updated_at <= ?`, []any{sqlutil.Unix(cutoff)}, now)
 		return err
 	})
 	return n, dbErr(err)

@@ -40,9 +40,9 @@ func scanSandbox(row scanner) (broker.Sandbox, error) {
 }
 
 // event appends one audit record inside tx, attributed to ctx's actor.
-func event(ctx context.Context, tx *sql.Tx, id string, from, to broker.Status, at time.Time) error {
+func (s *Store) event(ctx context.Context, tx *sql.Tx, id string, from, to broker.Status, at time.Time) error {
 	a := broker.ActorFrom(ctx)
-	_, err := tx.ExecContext(ctx, `INSERT INTO events (sandbox_id, from_status, to_status, actor, request_id, at) VALUES (?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, tx, `INSERT INTO events (sandbox_id, from_status, to_status, actor, request_id, at) VALUES (?, ?, ?, ?, ?, ?)`,
 		id, string(from), string(to), a.Name, a.RequestID, sqlutil.Unix(at))
 	return err
 }
@@ -51,7 +51,7 @@ func event(ctx context.Context, tx *sql.Tx, id string, from, to broker.Status, a
 func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broker.Allocation, error) {
 	var out broker.Allocation
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		sb, err := scanSandbox(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes
+		sb, err := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
 			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
 		if err == nil {
 			out = broker.Allocation{Sandbox: sb, Replayed: true}
@@ -64,7 +64,7 @@ func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broke
 		now := sqlutil.Unix(req.Now)
 		expires := sqlutil.Unix(broker.ExpiresAt(req.Now, req.LabDuration))
 		args = append([]any{req.Owner, req.Key, req.TrackName, now, int64(req.LabDuration / time.Second), expires, now}, args...)
-		sb, err = scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
+		sb, err = scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
 			track_name = ?, allocated_at = ?, lab_duration_sec = ?, expires_at = ?, updated_at = ?,
 			deletion_requested_at = 0, deletion_attempts = 0, next_attempt_at = 0, last_error = ''
 			WHERE status = 'available' AND id = (`+pick+`) RETURNING `+columns, args...))
@@ -75,7 +75,7 @@ func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broke
 			return err
 		}
 		out = broker.Allocation{Sandbox: sb}
-		return event(ctx, tx, sb.ID, broker.StatusAvailable, broker.StatusAllocated, req.Now)
+		return s.event(ctx, tx, sb.ID, broker.StatusAvailable, broker.StatusAllocated, req.Now)
 	})
 	if err != nil {
 		return broker.Allocation{}, dbErr(err)
@@ -117,18 +117,18 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 	var out broker.Sandbox
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		now := sqlutil.Unix(req.Now)
-		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion',
+		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_requested_at = ?, updated_at = ?, next_attempt_at = 0
 			WHERE id = ? AND status = 'allocated' AND owner = ? RETURNING `+columns, now, now, req.ID, req.Owner))
 		if err == nil {
 			out = sb
-			return event(ctx, tx, sb.ID, broker.StatusAllocated, broker.StatusPendingDeletion, req.Now)
+			return s.event(ctx, tx, sb.ID, broker.StatusAllocated, broker.StatusPendingDeletion, req.Now)
 		}
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		// The conditional write did not match: say why.
-		cur, err := scanSandbox(tx.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, req.ID))
+		cur, err := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, req.ID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", req.ID)
 		}
@@ -293,7 +293,7 @@ func (s *Store) BulkDelete(ctx context.Context, status broker.Status, dryRun boo
 	var n int
 	err := s.write(ctx, func(tx *sql.Tx) error {
 		var err error
-		n, err = deleteWhere(ctx, tx, `status = ?`, []any{string(status)}, now)
+		n, err = s.deleteWhere(ctx, tx, `status = ?`, []any{string(status)}, now)
 		return err
 	})
 	return n, dbErr(err)
@@ -301,8 +301,8 @@ func (s *Store) BulkDelete(ctx context.Context, status broker.Status, dryRun boo
 
 // deleteWhere removes the sandboxes matching cond and records a "deleted"
 // event for each.
-func deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args []any, now time.Time) (int, error) {
-	rows, err := tx.QueryContext(ctx, `DELETE FROM sandboxes WHERE `+cond+` RETURNING id, status`, args...)
+func (s *Store) deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args []any, now time.Time) (int, error) {
+	rows, err := s.query(ctx, tx, `DELETE FROM sandboxes WHERE `+cond+` RETURNING id, status`, args...)
 	if err != nil {
 		return 0, err
 	}
@@ -321,7 +321,7 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args []any, now t
 		return 0, err
 	}
 	for _, g := range deleted {
-		if err := event(ctx, tx, g.id, broker.Status(g.status), broker.StatusDeleted, now); err != nil {
+		if err := s.event(ctx, tx, g.id, broker.Status(g.status), broker.StatusDeleted, now); err != nil {
 			return 0, err
 		}
 	}
@@ -332,7 +332,7 @@ func deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args []any, now t
 func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (broker.Sandbox, error) {
 	var out broker.Sandbox
 	err := s.write(ctx, func(tx *sql.Tx) error {
-		sb, err := scanSandbox(tx.QueryRowContext(ctx, `UPDATE sandboxes SET status = 'pending_deletion',
+		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ? AND status = 'deletion_failed'
 			RETURNING `+columns, sqlutil.Unix(now), id))
 		if errors.Is(err, sql.ErrNoRows) {
@@ -342,7 +342,7 @@ func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (br
 			return err
 		}
 		out = sb
-		return event(ctx, tx, id, broker.StatusDeletionFailed, broker.StatusPendingDeletion, now)
+		return s.event(ctx, tx, id, broker.StatusDeletionFailed, broker.StatusPendingDeletion, now)
 	})
 	if err != nil {
 		return broker.Sandbox{}, dbErr(err)
@@ -354,7 +354,7 @@ func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (br
 // current status) for a conditional write that matched no row.
 func (s *Store) diagnose(ctx context.Context, tx *sql.Tx, id, format string) error {
 	var status string
-	err := tx.QueryRowContext(ctx, `SELECT status FROM sandboxes WHERE id = ?`, id).Scan(&status)
+	err := s.qrow(ctx, tx, `SELECT status FROM sandboxes WHERE id = ?`, id).Scan(&status)
 	if errors.Is(err, sql.ErrNoRows) {
 		return broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", id)
 	}

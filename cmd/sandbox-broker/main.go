@@ -26,6 +26,7 @@ commands:
   worker     run the background jobs only (serves /healthz, /readyz, /metrics)
   migrate    create or upgrade the store schema (tables, indexes) and exit
   fake-csp   run a fake Infoblox CSP provider for tests and demos
+  healthcheck  GET /healthz of the broker in this container (the image's HEALTHCHECK)
   admin      operator commands against a running broker (see: sandbox-broker admin help)
   version    print the version
 
@@ -58,6 +59,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = runMigrate(ctx, args[1:], getenv, stdout)
 	case "fake-csp":
 		err = runFakeCSP(ctx, args[1:], stdout, stderr)
+	case "healthcheck":
+		err = runHealthcheck(ctx, args[1:], getenv, stdout, stderr)
 	case "admin":
 		err = runAdmin(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version":

@@ -19,8 +19,12 @@ type syncBuffer struct {
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuffer) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 func envOf(kv map[string]string) func(string) string {
 	return func(k string) string { return kv[k] }
@@ -59,7 +63,9 @@ func TestServeDemo(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errOut syncBuffer
 	done := make(chan int)
-	go func() { done <- run(ctx, []string{"serve", "--demo", "--demo-sandboxes", "3", "--listen", "127.0.0.1:0"}, env, &out, &errOut) }()
+	go func() {
+		done <- run(ctx, []string{"serve", "--demo", "--demo-sandboxes", "3", "--listen", "127.0.0.1:0"}, env, &out, &errOut)
+	}()
 
 	base, token := "", ""
 	re := regexp.MustCompile(`running at (http://\S+)\s+track token: (\S+)`)

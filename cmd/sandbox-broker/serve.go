@@ -20,6 +20,8 @@ import (
 	"github.com/sandbox-broker/broker/httpapi"
 	"github.com/sandbox-broker/broker/jobs"
 	"github.com/sandbox-broker/broker/lifecycle"
+	"github.com/sandbox-broker/broker/metrics"
+	"github.com/sandbox-broker/broker/ratelimit"
 	"github.com/sandbox-broker/broker/service"
 	"golang.org/x/time/rate"
 )
@@ -55,6 +57,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	log := newLogger(cfg, stderr)
 
 	if *demo {
+		cfg.DDBCreateTable = true // a demo on an empty DynamoDB table creates it
 		cfg.APITokens = orGenerated(cfg.APITokens)
 		cfg.AdminTokens = orGenerated(cfg.AdminTokens)
 	}
@@ -100,8 +103,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	}
 
 	clock := broker.SystemClock{}
+	m := metrics.New(metrics.Options{Store: store, Clock: clock, Logger: log})
+	if c, ok := provider.(*csp.Client); ok {
+		m.RegisterBreaker(csp.BreakerCSP, c.State)
+	}
 	svc := service.New(store, clock, cfg.LabDuration)
-	runner := buildRunner(cfg, store, provider, clock, log)
+	runner := buildRunner(cfg, store, provider, clock, log, m)
 
 	if *demo {
 		start := time.Now()
@@ -121,9 +128,33 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		log.Info("RUN_JOBS=false: this process runs no background jobs; run `sandbox-broker worker` somewhere")
 	}
 
+	// GET /metrics is served on the listen port of both processes, so the
+	// worker's job metrics are exported too (B-39).
+	metricsRoute := map[string]http.Handler{"GET /metrics": m.Handler(cfg.MetricsToken)}
+	if cfg.MetricsToken == "" {
+		log.Info("METRICS_TOKEN is empty: GET /metrics is open to anyone who can reach the port")
+	}
+	limiter := ratelimit.New(ratelimit.Config{RPS: cfg.RateLimitRPS, Burst: cfg.RateLimitBurst})
 	srvCfg := httpapi.Config{
 		BasePath: cfg.BasePath, APITokens: cfg.APITokens, AdminTokens: cfg.AdminTokens, CORSOrigins: cfg.CORSOrigins,
 		Service: svc, Store: store, Jobs: runner, Logger: log, Clock: clock,
+		Observer: m, Extra: metricsRoute, Middleware: httpapi.RateLimit(limiter, cfg.TrustedProxies),
+	}
+	switch {
+	case api && !limiter.Enabled():
+		log.Warn("RATE_LIMIT_RPS=0: rate limiting is off")
+	case api && len(cfg.TrustedProxies) == 0:
+		log.Info("rate limiting per peer address; behind a load balancer set TRUSTED_PROXIES to its CIDRs, or every client shares the balancer's bucket",
+			"rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
+	case api:
+		log.Info("rate limiting per client address (X-Forwarded-For from TRUSTED_PROXIES)", "rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
+	}
+	if !api {
+		// The worker serves only /healthz, /readyz and /metrics: the API and
+		// its tokens belong to `serve`, so a worker needs no token and
+		// exposes no admin route. Anything else answers 404 in the error
+		// envelope, with X-Request-ID and the security headers.
+		srvCfg = httpapi.Config{HealthOnly: true, Store: store, Logger: log, Clock: clock, Observer: m, Extra: metricsRoute}
 	}
 	handler := httpapi.New(srvCfg)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
@@ -166,7 +197,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 }
 
 // buildRunner wires the four lifecycle jobs into a runner.
-func buildRunner(cfg config.Config, store broker.Store, provider broker.Provider, clock broker.Clock, log *slog.Logger) *jobs.Runner {
+func buildRunner(cfg config.Config, store broker.Store, provider broker.Provider, clock broker.Clock, log *slog.Logger, m *metrics.Metrics) *jobs.Runner {
 	noProvider := "CSP_BASE_URL is not set"
 	syncer := &lifecycle.Syncer{Store: store, Provider: provider, Clock: clock, Logger: log, MaxStaleFraction: cfg.SyncMaxStaleFraction}
 	cleaner := &lifecycle.Cleaner{
@@ -176,10 +207,13 @@ func buildRunner(cfg config.Config, store broker.Store, provider broker.Provider
 		RetryBase: cfg.DeletionRetryBase, RetryMax: cfg.DeletionRetryMax,
 	}
 	if cfg.NIOSXaaSEnabled && provider != nil {
-		cleaner.Hook = csp.NewNIOSXaaS(csp.NIOSXaaSConfig{
+		hook := csp.NewNIOSXaaS(csp.NIOSXaaSConfig{
 			BaseURL: cfg.NIOSXaaSBaseURL, Email: cfg.NIOSXaaSEmail, Password: cfg.NIOSXaaSPassword,
 			ServiceName: cfg.NIOSXaaSServiceName, Timeout: cfg.NIOSXaaSTimeout, ShadowMode: cfg.NIOSXaaSShadowMode, Logger: log,
+			OnResult: m.NIOSXaaSResult, OnAuth: m.NIOSXaaSAuth, OnServiceDeleted: m.NIOSXaaSServiceDeleted,
 		})
+		m.RegisterBreaker(csp.BreakerNIOSXaaS, hook.State)
+		cleaner.Hook = hook
 	}
 	expirer := &lifecycle.Expirer{Store: store, Clock: clock, Grace: cfg.GracePeriod}
 	purger := &lifecycle.Purger{Store: store, Clock: clock, Grace: cfg.StaleGrace}
@@ -194,7 +228,7 @@ func buildRunner(cfg config.Config, store broker.Store, provider broker.Provider
 		return ""
 	}
 	return jobs.New(jobs.Config{
-		Store: store, Clock: clock, Logger: log, Jitter: cfg.JobJitter,
+		Store: store, Clock: clock, Logger: log, Jitter: cfg.JobJitter, Observer: m,
 		Jobs: []jobs.Job{
 			{Name: "sync", Enabled: hasProvider && cfg.SyncEnabled, Disabled: reason(cfg.SyncEnabled, "SYNC_ENABLED"), Interval: cfg.SyncInterval,
 				Run: func(ctx context.Context) (any, error) { return syncer.Run(ctx) }},

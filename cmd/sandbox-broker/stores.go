@@ -8,6 +8,7 @@ import (
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/config"
+	"github.com/sandbox-broker/broker/dynamostore"
 	"github.com/sandbox-broker/broker/sqlite"
 )
 
@@ -36,6 +37,14 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	cfg, err := config.Load(getenv)
 	if err != nil {
 		return usageError{err}
+	}
+	if kind, table, err := cfg.Store(); err == nil && kind == "dynamodb" {
+		res, err := dynamostore.Migrate(ctx, dynamoConfig(cfg, table, slog.New(slog.DiscardHandler)))
+		if err != nil {
+			return fmt.Errorf("migrate DynamoDB table %s: %w", table, err)
+		}
+		fmt.Fprintf(stdout, "DynamoDB table %s ready (created table: %v, created indexes: %v)\n", table, res.CreatedTable, res.CreatedIndexes)
+		return nil
 	}
 	s, name, err := openStore(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
