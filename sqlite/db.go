@@ -112,7 +112,8 @@ func (s *Store) query(ctx context.Context, tx *sql.Tx, q string, args ...any) (*
 }
 
 type writeOp struct {
-	fn  func(tx *sql.Tx) error
+	ctx context.Context // the caller's values (actor), never its cancellation
+	fn  func(ctx context.Context, tx *sql.Tx) error
 	err chan error
 }
 
@@ -218,17 +219,19 @@ func (s *Store) applyMigration(ctx context.Context, version int, body string) er
 	return tx.Commit()
 }
 
-// write runs fn inside the next group transaction and returns once that
-// transaction is committed (or fn failed and its changes were rolled back).
-// fn must not block on anything but the database.
-func (s *Store) write(ctx context.Context, fn func(tx *sql.Tx) error) error {
+// write runs fn inside the next group transaction. fn gets a context
+// without the caller's cancellation: a client going away must not fail the
+// writes grouped with its own. It returns once that transaction is
+// committed (or failed). fn must not block on anything but the database and
+// must not write before returning a domain error.
+func (s *Store) write(ctx context.Context, fn func(ctx context.Context, tx *sql.Tx) error) error {
 	closed := broker.Unavailable(errors.New("store is closed"))
 	select {
 	case <-s.stop:
 		return closed
 	default:
 	}
-	op := &writeOp{fn: fn, err: make(chan error, 1)}
+	op := &writeOp{ctx: context.WithoutCancel(ctx), fn: fn, err: make(chan error, 1)}
 	select {
 	case s.ops <- op:
 	case <-s.stop:
@@ -282,8 +285,11 @@ func (s *Store) run() {
 	}
 }
 
-// commit runs a group of writes in one transaction, each inside its own
-// savepoint so that one failing write does not undo the others.
+// commit runs a group of writes in one transaction. An op that returns a
+// domain error (*broker.Error: not found, no sandbox, lost claim, ...) must
+// not have written anything, so it simply fails alone. Any other error is a
+// database failure: the whole group is rolled back and every op fails with
+// EUNAVAILABLE, so a reported failure never hides a committed change.
 func (s *Store) commit(batch []*writeOp) {
 	ctx := context.Background()
 	errs := make([]error, len(batch))
@@ -297,35 +303,14 @@ func (s *Store) commit(batch []*writeOp) {
 		fail(err)
 		return
 	}
-	single := len(batch) == 1
 	for i, op := range batch {
-		if single {
-			errs[i] = op.fn(tx)
-			continue
-		}
-		if _, err := s.exec(ctx, tx, "SAVEPOINT op"); err != nil {
+		errs[i] = op.fn(op.ctx, tx)
+		var de *broker.Error
+		if errs[i] != nil && !errors.As(errs[i], &de) {
 			tx.Rollback()
-			fail(err)
+			fail(errs[i])
 			return
 		}
-		errs[i] = op.fn(tx)
-		if errs[i] != nil {
-			if _, err := s.exec(ctx, tx, "ROLLBACK TO op"); err != nil {
-				tx.Rollback()
-				fail(err)
-				return
-			}
-		}
-		if _, err := s.exec(ctx, tx, "RELEASE op"); err != nil {
-			tx.Rollback()
-			fail(err)
-			return
-		}
-	}
-	if single && errs[0] != nil {
-		tx.Rollback()
-		batch[0].err <- errs[0]
-		return
 	}
 	if err := tx.Commit(); err != nil {
 		fail(err)

@@ -12,7 +12,7 @@ import (
 // AcquireLease implements broker.JobStore.
 func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.Duration, now time.Time) (bool, error) {
 	var ok bool
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		r, err := s.exec(ctx, tx, `INSERT INTO leases (name, holder, until) VALUES (?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, until = excluded.until
 			WHERE leases.holder = excluded.holder OR leases.until < ?`,
@@ -29,7 +29,7 @@ func (s *Store) AcquireLease(ctx context.Context, name, holder string, ttl time.
 
 // ReleaseLease implements broker.JobStore.
 func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
-	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
+	return dbErr(s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := s.exec(ctx, tx, `DELETE FROM leases WHERE name = ? AND holder = ?`, name, holder)
 		return err
 	}))
@@ -37,7 +37,7 @@ func (s *Store) ReleaseLease(ctx context.Context, name, holder string) error {
 
 // SetJobPaused implements broker.JobStore.
 func (s *Store) SetJobPaused(ctx context.Context, job string, paused bool) error {
-	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
+	return dbErr(s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := s.exec(ctx, tx, `INSERT INTO job_settings (job, paused) VALUES (?, ?)
 			ON CONFLICT (job) DO UPDATE SET paused = excluded.paused`, job, paused)
 		return err
@@ -63,7 +63,7 @@ func (s *Store) PausedJobs(ctx context.Context) (map[string]bool, error) {
 
 // SaveJobRun implements broker.JobStore.
 func (s *Store) SaveJobRun(ctx context.Context, run broker.JobRun) error {
-	return dbErr(s.write(ctx, func(tx *sql.Tx) error {
+	return dbErr(s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		_, err := s.exec(ctx, tx, `INSERT INTO job_runs (id, job, status, trigger, queued_at, started_at, finished_at, result)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET job = excluded.job, status = excluded.status,
 			trigger = excluded.trigger, queued_at = excluded.queued_at, started_at = excluded.started_at,

@@ -21,7 +21,7 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 	for start := 0; start < len(accounts); start += syncChunk {
 		chunk := accounts[start:min(start+syncChunk, len(accounts))]
 		var res broker.UpsertResult
-		err := s.write(ctx, func(tx *sql.Tx) error {
+		err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 			res = broker.UpsertResult{}
 			for _, a := range chunk {
 				if err := s.upsertOne(ctx, tx, a, now, &res); err != nil {
@@ -98,7 +98,7 @@ func (s *Store) MarkStale(ctx context.Context, ids []string, now time.Time) (int
 	for start := 0; start < len(ids); start += syncChunk {
 		chunk := ids[start:min(start+syncChunk, len(ids))]
 		n := 0
-		err := s.write(ctx, func(tx *sql.Tx) error {
+		err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 			n = 0
 			for _, id := range chunk {
 				r, err := s.exec(ctx, tx, `UPDATE sandboxes SET status = 'stale', updated_at = ? WHERE id = ? AND status = 'available'`, sqlutil.Unix(now), id)
@@ -125,7 +125,7 @@ func (s *Store) MarkStale(ctx context.Context, ids []string, now time.Time) (int
 // ExpireAllocations implements broker.LifecycleStore.
 func (s *Store) ExpireAllocations(ctx context.Context, now time.Time, grace time.Duration, limit int) ([]string, error) {
 	var ids []string
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		ids = nil
 		ts := sqlutil.Unix(now)
 		rows, err := s.query(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion', deletion_requested_at = ?,
@@ -165,7 +165,7 @@ func collectIDs(rows *sql.Rows) ([]string, error) {
 // ClaimDeletions implements broker.LifecycleStore.
 func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]broker.Sandbox, error) {
 	var out []broker.Sandbox
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		out = nil
 		ts := sqlutil.Unix(req.Now)
 		type claimed struct {
@@ -217,7 +217,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 
 // CompleteDeletion implements broker.LifecycleStore.
 func (s *Store) CompleteDeletion(ctx context.Context, id, token string, now time.Time) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		n, err := s.deleteWhere(ctx, tx, `id = ? AND status = 'deleting' AND claim_token = ?`, []any{id, token}, now)
 		if err != nil {
 			return err
@@ -237,7 +237,7 @@ func lostClaim(id string) error {
 // FailDeletion implements broker.LifecycleStore.
 func (s *Store) FailDeletion(ctx context.Context, req broker.FailRequest) (broker.Status, error) {
 	var to broker.Status
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var status string
 		err := s.qrow(ctx, tx, `UPDATE sandboxes SET
 			deletion_attempts = deletion_attempts + 1,
@@ -259,7 +259,7 @@ func (s *Store) FailDeletion(ctx context.Context, req broker.FailRequest) (broke
 
 // ReleaseDeletion implements broker.LifecycleStore.
 func (s *Store) ReleaseDeletion(ctx context.Context, id, token string, now time.Time) error {
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		r, err := s.exec(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion', claim_token = '', lease_until = 0, updated_at = ?
 			WHERE id = ? AND status = 'deleting' AND claim_token = ?`, sqlutil.Unix(now), id, token)
 		if err != nil {
@@ -276,7 +276,7 @@ func (s *Store) ReleaseDeletion(ctx context.Context, id, token string, now time.
 // PurgeStale implements broker.LifecycleStore.
 func (s *Store) PurgeStale(ctx context.Context, cutoff, now time.Time) (int, error) {
 	var n int
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		n, err = s.deleteWhere(ctx, tx, `status = 'stale' AND updated_at <= ?`, []any{sqlutil.Unix(cutoff)}, now)
 		return err

@@ -50,7 +50,7 @@ func (s *Store) event(ctx context.Context, tx *sql.Tx, id string, from, to broke
 // Allocate implements broker.SandboxStore.
 func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broker.Allocation, error) {
 	var out broker.Allocation
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		sb, err := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
 			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
 		if err == nil {
@@ -115,7 +115,7 @@ func (s *Store) Get(ctx context.Context, id string) (broker.Sandbox, error) {
 // MarkForDeletion implements broker.SandboxStore.
 func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (broker.Sandbox, error) {
 	var out broker.Sandbox
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := sqlutil.Unix(req.Now)
 		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_requested_at = ?, updated_at = ?, next_attempt_at = 0
@@ -291,7 +291,7 @@ func (s *Store) BulkDelete(ctx context.Context, status broker.Status, dryRun boo
 		return n, dbErr(err)
 	}
 	var n int
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		var err error
 		n, err = s.deleteWhere(ctx, tx, `status = ?`, []any{string(status)}, now)
 		return err
@@ -331,7 +331,7 @@ func (s *Store) deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args [
 // RetryDeletion implements broker.SandboxStore.
 func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (broker.Sandbox, error) {
 	var out broker.Sandbox
-	err := s.write(ctx, func(tx *sql.Tx) error {
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ? AND status = 'deletion_failed'
 			RETURNING `+columns, sqlutil.Unix(now), id))

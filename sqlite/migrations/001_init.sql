@@ -35,7 +35,7 @@ CREATE INDEX sandboxes_track ON sandboxes (track_name, id) WHERE track_name <> '
 CREATE INDEX sandboxes_owner ON sandboxes (owner, id) WHERE owner <> '';
 
 CREATE TABLE events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER PRIMARY KEY, -- rowid: no AUTOINCREMENT bookkeeping write per event
     sandbox_id  TEXT NOT NULL,
     from_status TEXT NOT NULL,
     to_status   TEXT NOT NULL,
