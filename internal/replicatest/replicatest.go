@@ -50,7 +50,7 @@ func Run(t *testing.T, stores []broker.Store, sc Scenario) {
 
 	type answer struct {
 		student, sandbox, name string
-		status             int
+		status                 int
 	}
 	answers := make(chan answer, 2*sc.Students)
 	var wg sync.WaitGroup
