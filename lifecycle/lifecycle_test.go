@@ -449,3 +449,48 @@ func TestExpiryAndPurge(t *testing.T) {
 type clockAt struct{ t *time.Time }
 
 func (c clockAt) Now() time.Time { return *c.t }
+
+// TestCleanupShutdownFinishesItemInHand cancels a cleanup run (SIGTERM)
+// while the provider is answering a DELETE: that deletion completes, the
+// rest of the claim goes back to pending without counting an attempt.
+func TestCleanupShutdownFinishesItemInHand(t *testing.T) {
+	w := newWorld(t, 5)
+	w.runJob("sync")
+	w.markAll(5)
+	w.fake.SetFaults(fakecsp.Faults{Latency: 150 * time.Millisecond})
+	c := *w.cleaner
+	c.ItemTimeout = 5 * time.Second
+	ctx, cancel := context.WithCancel(context.Background())
+	c.Provider = cancelOnDelete{Provider: c.Provider, cancel: cancel}
+	res, err := c.Run(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Deleted != 1 || res.Released != 4 {
+		t.Fatalf("result %+v, want the item in hand deleted and 4 released", res)
+	}
+	st, _ := w.store.Stats(context.Background())
+	if st.ByStatus[broker.StatusPendingDeletion] != 4 || st.ByStatus[broker.StatusDeleting] != 0 || st.Total != 4 {
+		t.Fatalf("store after shutdown %+v", st)
+	}
+	ids, _ := w.store.IDsWithStatus(context.Background(), broker.StatusPendingDeletion)
+	for _, id := range ids {
+		if sb, _ := w.store.Get(context.Background(), id); sb.DeletionAttempts != 0 {
+			t.Fatalf("released sandbox counted an attempt: %+v", sb)
+		}
+	}
+	if d := w.fake.Deletes(); d.Succeeded != 1 {
+		t.Fatalf("provider deletes %+v", d)
+	}
+}
+
+// cancelOnDelete cancels the run (like SIGTERM) as the first DELETE starts.
+type cancelOnDelete struct {
+	broker.Provider
+	cancel context.CancelFunc
+}
+
+func (p cancelOnDelete) DeleteAccount(ctx context.Context, externalID string) error {
+	p.cancel()
+	return p.Provider.DeleteAccount(ctx, externalID)
+}
