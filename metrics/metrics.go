@@ -123,9 +123,9 @@ func New(opts Options) *Metrics {
 	m.allocateLatency = f.histogramVec("broker_allocation_latency_seconds", "Allocation latency by outcome.", allocationBuckets, "outcome")
 	m.markTotal = f.counterVec("broker_deletion_marked_total", "Mark-for-deletion requests by outcome: success, not_found, not_owner, not_allocated, error.", "outcome")
 
-	m.jobRuns = f.counterVec("broker_job_runs_total", "Background job runs by job and outcome (success, error).", "job", "outcome")
-	m.jobDuration = f.histogramVec("broker_job_duration_seconds", "Background job run duration by job.", jobBuckets, "job")
-	m.jobLastSuccess = f.gaugeVec("broker_job_last_success_timestamp_seconds", "Unix time of the last successful run of each job in this process.", "job")
+	m.jobRuns = f.counterVec("broker_job_runs_total", "Background job runs by job and outcome (success, error).", "job_name", "outcome")
+	m.jobDuration = f.histogramVec("broker_job_duration_seconds", "Background job run duration by job.", jobBuckets, "job_name")
+	m.jobLastSuccess = f.gaugeVec("broker_job_last_success_timestamp_seconds", "Unix time of the last successful run of each job in this process.", "job_name")
 
 	m.syncTotal = f.counterVec("broker_sync_total", "Sync runs by outcome: success, error.", "outcome")
 	m.syncSynced = f.counter("broker_sync_sandboxes_synced_total", "Sandboxes made available by sync: inserted or revived from stale.")

@@ -4,31 +4,34 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strings"
 	"time"
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/internal/sqlutil"
 )
 
-// syncChunk is how many accounts one group-commit write handles, so that a
-// sync of 100,000 accounts never holds the writer for long.
-const syncChunk = 500
+// syncChunk is how many accounts one group-commit write handles: large
+// enough that a sync of 100,000 accounts needs few fsyncs, small enough that
+// allocations queued behind it wait only milliseconds.
+const syncChunk = 2000
 
-// UpsertAccounts implements broker.LifecycleStore. Each write is conditional
-// on the status read in the same transaction (the writer is the only one).
+// rowsPerInsert is how many rows one multi-row INSERT carries (8 parameters
+// each, well under SQLite's limit of 32,766).
+const rowsPerInsert = 250
+
+// UpsertAccounts implements broker.LifecycleStore. Inside the writer's
+// transaction nothing else writes, so the statuses read at the start of a
+// chunk are the ones its conditional writes are checked against.
 func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, now time.Time) (broker.UpsertResult, error) {
 	var total broker.UpsertResult
 	for start := 0; start < len(accounts); start += syncChunk {
 		chunk := accounts[start:min(start+syncChunk, len(accounts))]
 		var res broker.UpsertResult
 		err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-			res = broker.UpsertResult{}
-			for _, a := range chunk {
-				if err := s.upsertOne(ctx, tx, a, now, &res); err != nil {
-					return err
-				}
-			}
-			return nil
+			var err error
+			res, err = s.upsertChunk(ctx, tx, chunk, now)
+			return err
 		})
 		if err != nil {
 			return total, dbErr(err)
@@ -40,38 +43,97 @@ func (s *Store) UpsertAccounts(ctx context.Context, accounts []broker.Account, n
 	return total, nil
 }
 
-func (s *Store) upsertOne(ctx context.Context, tx *sql.Tx, a broker.Account, now time.Time, res *broker.UpsertResult) error {
-	ts := sqlutil.Unix(now)
-	r, err := s.exec(ctx, tx, `INSERT INTO sandboxes (id, name, external_id, sfdc_account_id, status, created_at, updated_at, last_synced)
-		VALUES (?, ?, ?, ?, 'available', ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
-		a.ID, a.Name, a.ExternalID, a.SFDCAccountID, sqlutil.Unix(a.CreatedAt), ts, ts)
+type knownSandbox struct {
+	status, name, externalID, sfdc string
+}
+
+func (s *Store) upsertChunk(ctx context.Context, tx *sql.Tx, chunk []broker.Account, now time.Time) (broker.UpsertResult, error) {
+	var res broker.UpsertResult
+	known := make(map[string]knownSandbox, len(chunk))
+	ids := make([]any, len(chunk))
+	for i, a := range chunk {
+		ids[i] = a.ID
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, status, name, external_id, sfdc_account_id FROM sandboxes WHERE id IN (?`+strings.Repeat(",?", len(ids)-1)+`)`, ids...)
 	if err != nil {
-		return err
+		return res, err
 	}
-	if n, _ := r.RowsAffected(); n == 1 {
-		res.Inserted++
-		return s.event(ctx, tx, a.ID, "", broker.StatusAvailable, now)
+	for rows.Next() {
+		var id string
+		var k knownSandbox
+		if err := rows.Scan(&id, &k.status, &k.name, &k.externalID, &k.sfdc); err != nil {
+			rows.Close()
+			return res, err
+		}
+		known[id] = k
 	}
-	// Inside the writer's transaction nothing else writes, so the status
-	// read here is the one the conditional update below is checked against.
-	var from string
-	if err := s.qrow(ctx, tx, `SELECT status FROM sandboxes WHERE id = ?`, a.ID).Scan(&from); err != nil {
-		return err
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return res, err
 	}
-	if from != string(broker.StatusAvailable) && from != string(broker.StatusStale) {
-		return nil // allocated, pending deletion, ...: sync never touches it
+	ts := sqlutil.Unix(now)
+	var fresh []broker.Account
+	var unchanged []any
+	seen := make(map[string]bool, len(chunk))
+	for _, a := range chunk {
+		if seen[a.ID] {
+			continue // a duplicate in one answer: the first one wins
+		}
+		seen[a.ID] = true
+		k, ok := known[a.ID]
+		switch {
+		case !ok:
+			fresh = append(fresh, a)
+		case k.status == string(broker.StatusAvailable) && k.name == a.Name && k.externalID == a.ExternalID && k.sfdc == a.SFDCAccountID:
+			unchanged = append(unchanged, a.ID)
+			res.Refreshed++
+		case k.status == string(broker.StatusAvailable) || k.status == string(broker.StatusStale):
+			if _, err := s.exec(ctx, tx, `UPDATE sandboxes SET name = ?, external_id = ?, sfdc_account_id = ?, status = 'available',
+				updated_at = ?, last_synced = ? WHERE id = ? AND status = ?`,
+				a.Name, a.ExternalID, a.SFDCAccountID, ts, ts, a.ID, k.status); err != nil {
+				return res, err
+			}
+			if k.status == string(broker.StatusAvailable) {
+				res.Refreshed++
+				continue
+			}
+			res.Revived++
+			if err := s.event(ctx, tx, a.ID, broker.StatusStale, broker.StatusAvailable, now); err != nil {
+				return res, err
+			}
+		}
+		// any other status: allocated, pending deletion, ...: never touched
 	}
-	if _, err := s.exec(ctx, tx, `UPDATE sandboxes SET name = ?, external_id = ?, sfdc_account_id = ?, status = 'available',
-		updated_at = ?, last_synced = ? WHERE id = ? AND status = ?`,
-		a.Name, a.ExternalID, a.SFDCAccountID, ts, ts, a.ID, from); err != nil {
-		return err
+	if len(unchanged) > 0 {
+		args := append([]any{ts}, unchanged...)
+		if _, err := tx.ExecContext(ctx, `UPDATE sandboxes SET last_synced = ? WHERE status = 'available' AND id IN (?`+strings.Repeat(",?", len(unchanged)-1)+`)`, args...); err != nil {
+			return res, err
+		}
 	}
-	if from == string(broker.StatusAvailable) {
-		res.Refreshed++
-		return nil
+	actor := broker.ActorFrom(ctx)
+	for start := 0; start < len(fresh); start += rowsPerInsert {
+		part := fresh[start:min(start+rowsPerInsert, len(fresh))]
+		sbArgs := make([]any, 0, 7*len(part))
+		evArgs := make([]any, 0, 4*len(part))
+		for _, a := range part {
+			sbArgs = append(sbArgs, a.ID, a.Name, a.ExternalID, a.SFDCAccountID, sqlutil.Unix(a.CreatedAt), ts, ts)
+			evArgs = append(evArgs, a.ID, actor.Name, actor.RequestID, ts)
+		}
+		if _, err := s.exec(ctx, tx, `INSERT INTO sandboxes (id, name, external_id, sfdc_account_id, status, created_at, updated_at, last_synced) VALUES `+
+			repeatTuple("(?, ?, ?, ?, 'available', ?, ?, ?)", len(part)), sbArgs...); err != nil {
+			return res, err
+		}
+		if _, err := s.exec(ctx, tx, `INSERT INTO events (sandbox_id, from_status, to_status, actor, request_id, at) VALUES `+
+			repeatTuple("(?, '', 'available', ?, ?, ?)", len(part)), evArgs...); err != nil {
+			return res, err
+		}
+		res.Inserted += len(part)
 	}
-	res.Revived++
-	return s.event(ctx, tx, a.ID, broker.StatusStale, broker.StatusAvailable, now)
+	return res, nil
+}
+
+func repeatTuple(tuple string, n int) string {
+	return strings.TrimSuffix(strings.Repeat(tuple+", ", n), ", ")
 }
 
 // IDsWithStatus implements broker.LifecycleStore.

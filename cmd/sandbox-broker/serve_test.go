@@ -102,7 +102,7 @@ func TestWorkerServesOnlyProbesAndMetrics(t *testing.T) {
 			break
 		}
 	}
-	for _, s := range []string{`broker_expiry_total{outcome="success"} 1`, `broker_job_runs_total{job="expiry",outcome="success"} 1`, "broker_pool_total 0", "go_goroutines"} {
+	for _, s := range []string{`broker_expiry_total{outcome="success"} 1`, `broker_job_runs_total{job_name="expiry",outcome="success"} 1`, "broker_pool_total 0", "go_goroutines"} {
 		if !strings.Contains(r.body, s) {
 			t.Fatalf("worker metrics lack %q:\n%s", s, r.body)
 		}
