@@ -165,17 +165,37 @@ func (r *Runner) step(ctx context.Context, js *jobState, log *slog.Logger) {
 }
 
 // firstDue is when a new leader runs the job first: one interval after the
-// last run any replica started, or now if it never ran.
+// last run any replica started (scheduled, triggered or at startup), or now
+// if it never ran.
 func (r *Runner) firstDue(ctx context.Context, js *jobState) time.Time {
 	runs, err := r.cfg.Store.RecentJobRuns(ctx, js.Name, 5)
 	if err == nil {
 		for _, run := range runs {
-			if run.Trigger == "schedule" && !run.StartedAt.IsZero() {
+			if !run.StartedAt.IsZero() {
 				return run.StartedAt.Add(r.interval(js))
 			}
 		}
 	}
 	return r.cfg.Clock.Now()
+}
+
+// RunNow runs job once in the caller's goroutine, records the run (trigger
+// "startup") and returns its result; the schedule then counts from it.
+// Returns ENOTFOUND for an unknown job.
+func (r *Runner) RunNow(ctx context.Context, job string) (any, error) {
+	js, err := r.lookup(job)
+	if err != nil {
+		return nil, err
+	}
+	run := broker.JobRun{ID: newRunID(), Job: job, Status: "running", Trigger: "startup", QueuedAt: r.cfg.Clock.Now(), StartedAt: r.cfg.Clock.Now()}
+	log := r.cfg.Logger.With("job", job)
+	if err := r.cfg.Store.SaveJobRun(ctx, run); err != nil {
+		log.Warn("recording job start failed", "run_id", run.ID, "error", err.Error())
+	}
+	start := time.Now()
+	result, err := js.Run(ctx)
+	r.finish(ctx, js, run, result, err, time.Since(start), log)
+	return result, err
 }
 
 func (r *Runner) interval(js *jobState) time.Duration {
@@ -201,9 +221,8 @@ func (js *jobState) setDue(t time.Time) {
 // execute runs the job once as run, keeping the lease alive meanwhile and
 // recording the outcome.
 func (r *Runner) execute(ctx context.Context, js *jobState, run broker.JobRun, log *slog.Logger) {
-	store := context.WithoutCancel(ctx)
 	run.Status, run.StartedAt = "running", r.cfg.Clock.Now()
-	if err := r.cfg.Store.SaveJobRun(store, run); err != nil {
+	if err := r.cfg.Store.SaveJobRun(context.WithoutCancel(ctx), run); err != nil {
 		log.Warn("recording job start failed", "run_id", run.ID, "error", err.Error())
 	}
 	hbCtx, stopHeartbeat := context.WithCancel(ctx)
@@ -212,7 +231,11 @@ func (r *Runner) execute(ctx context.Context, js *jobState, run broker.JobRun, l
 	result, err := js.Run(ctx)
 	d := time.Since(start)
 	stopHeartbeat()
+	r.finish(ctx, js, run, result, err, d, log)
+}
 
+// finish records a finished run, logs it and tells the observer.
+func (r *Runner) finish(ctx context.Context, js *jobState, run broker.JobRun, result any, err error, d time.Duration, log *slog.Logger) {
 	run.FinishedAt = r.cfg.Clock.Now()
 	run.Status = "succeeded"
 	body, _ := json.Marshal(result)
@@ -224,7 +247,7 @@ func (r *Runner) execute(ctx context.Context, js *jobState, run broker.JobRun, l
 		log.Info("job run finished", "action", js.Name, "run_id", run.ID, "outcome", "success", "result", string(body), "duration_ms", d.Milliseconds())
 	}
 	run.Result = string(body)
-	if serr := r.cfg.Store.SaveJobRun(store, run); serr != nil {
+	if serr := r.cfg.Store.SaveJobRun(context.WithoutCancel(ctx), run); serr != nil {
 		log.Warn("recording job result failed", "run_id", run.ID, "error", serr.Error())
 	}
 	if r.cfg.Observer != nil {

@@ -111,12 +111,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	runner := buildRunner(cfg, store, provider, clock, log, m)
 
 	if *demo {
+		// The first sync runs before the server answers; recorded as a job
+		// run, it also starts the sync schedule (no second sync right away).
 		start := time.Now()
-		res, err := (&lifecycle.Syncer{Store: store, Provider: provider, Clock: clock, Logger: log, MaxStaleFraction: cfg.SyncMaxStaleFraction}).Run(ctx)
+		res, err := runner.RunNow(ctx, "sync")
 		if err != nil {
 			return fmt.Errorf("demo: initial sync: %w", err)
 		}
-		log.Info("demo pool synced", "listed", res.Listed, "inserted", res.Inserted, "duration_ms", time.Since(start).Milliseconds())
+		if r, ok := res.(lifecycle.SyncResult); ok {
+			log.Info("demo pool synced", "listed", r.Listed, "inserted", r.Inserted, "duration_ms", time.Since(start).Milliseconds())
+		}
 	}
 
 	jobCtx, stopJobs := context.WithCancel(context.WithoutCancel(ctx))
