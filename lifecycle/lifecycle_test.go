@@ -43,6 +43,13 @@ type world struct {
 
 func newWorld(t *testing.T, sandboxes int) *world {
 	t.Helper()
+	return newWorldTimeout(t, sandboxes, 10*time.Second)
+}
+
+// newWorldTimeout is newWorld with a given provider read timeout: short
+// only where a test wants provider timeouts.
+func newWorldTimeout(t *testing.T, sandboxes int, readTimeout time.Duration) *world {
+	t.Helper()
 	fake := fakecsp.New(fakecsp.Options{Sandboxes: sandboxes})
 	provSrv := httptest.NewServer(fake)
 	t.Cleanup(provSrv.Close)
@@ -52,8 +59,8 @@ func newWorld(t *testing.T, sandboxes int) *world {
 	}
 	t.Cleanup(func() { store.Close() })
 	log := slog.New(slog.DiscardHandler)
-	client := csp.New(csp.Config{BaseURL: provSrv.URL + "/v2", Token: "t", ReadTimeout: 300 * time.Millisecond,
-		RequestTimeout: time.Second, BreakerThreshold: 3, BreakerTimeout: 200 * time.Millisecond, Logger: log})
+	client := csp.New(csp.Config{BaseURL: provSrv.URL + "/v2", Token: "t", ReadTimeout: readTimeout,
+		RequestTimeout: readTimeout + time.Second, BreakerThreshold: 3, BreakerTimeout: 200 * time.Millisecond, Logger: log})
 	clock := broker.SystemClock{}
 	w := &world{t: t, fake: fake, store: store}
 	w.syncer = &lifecycle.Syncer{Store: store, Provider: client, Clock: clock, Logger: log, MaxStaleFraction: 0.5}
@@ -315,7 +322,7 @@ func TestProviderFaultsEndWithEverythingDeletedOnce(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			w := newWorld(t, 20)
+			w := newWorldTimeout(t, 20, 300*time.Millisecond)
 			w.runJob("sync")
 			uuids := w.markAll(20)
 			w.fake.SetFaults(tt.faults)
