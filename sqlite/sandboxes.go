@@ -8,6 +8,8 @@ import (
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/internal/sqlutil"
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
 )
 
 const columns = `id, name, external_id, sfdc_account_id, status, owner, track_name, idem_key,
@@ -47,40 +49,54 @@ func (s *Store) event(ctx context.Context, tx *sql.Tx, id string, from, to broke
 	return err
 }
 
-// Allocate implements broker.SandboxStore.
+// Allocate implements broker.SandboxStore. The common case is one UPDATE:
+// it claims the first matching available sandbox for (owner, key); if
+// (owner, key) already holds one, the partial unique index rejects the
+// update and the held sandbox is returned as a replay. When nothing matches,
+// a held sandbox is still a replay, else ENOSANDBOX.
 func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broker.Allocation, error) {
 	var out broker.Allocation
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		sb, err := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
-			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
-		if err == nil {
-			out = broker.Allocation{Sandbox: sb, Replayed: true}
-			return nil
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		pick, args := pickQuery(req.NamePrefix)
+		pick, pickArgs := pickQuery(req.NamePrefix)
 		now := sqlutil.Unix(req.Now)
 		expires := sqlutil.Unix(broker.ExpiresAt(req.Now, req.LabDuration))
-		args = append([]any{req.Owner, req.Key, req.TrackName, now, int64(req.LabDuration / time.Second), expires, now}, args...)
-		sb, err = scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
+		args := append([]any{req.Owner, req.Key, req.TrackName, now, int64(req.LabDuration / time.Second), expires, now}, pickArgs...)
+		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
 			track_name = ?, allocated_at = ?, lab_duration_sec = ?, expires_at = ?, updated_at = ?,
 			deletion_requested_at = 0, deletion_attempts = 0, next_attempt_at = 0, last_error = ''
 			WHERE status = 'available' AND id = (`+pick+`) RETURNING `+columns, args...))
-		if errors.Is(err, sql.ErrNoRows) {
-			return broker.Errorf(broker.ENOSANDBOX, "no sandbox available in the pool")
-		}
-		if err != nil {
+		switch {
+		case err == nil:
+			out = broker.Allocation{Sandbox: sb}
+			return s.event(ctx, tx, sb.ID, broker.StatusAvailable, broker.StatusAllocated, req.Now)
+		case !errors.Is(err, sql.ErrNoRows) && !isUniqueViolation(err):
 			return err
 		}
-		out = broker.Allocation{Sandbox: sb}
-		return s.event(ctx, tx, sb.ID, broker.StatusAvailable, broker.StatusAllocated, req.Now)
+		held, herr := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
+			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
+		switch {
+		case herr == nil:
+			out = broker.Allocation{Sandbox: held, Replayed: true}
+			return nil
+		case errors.Is(herr, sql.ErrNoRows) && errors.Is(err, sql.ErrNoRows):
+			return broker.Errorf(broker.ENOSANDBOX, "no sandbox available in the pool")
+		case errors.Is(herr, sql.ErrNoRows):
+			return err // a unique violation without a holder: not ours to explain
+		}
+		return herr
 	})
 	if err != nil {
 		return broker.Allocation{}, dbErr(err)
 	}
 	return out, nil
+}
+
+// isUniqueViolation reports whether err is SQLite's UNIQUE constraint
+// failure (here: the one-allocation-per-(owner, key) index). SQLite aborts
+// only the failing statement; the transaction goes on.
+func isUniqueViolation(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE
 }
 
 // The allocation pick queries walk the partial index of available sandboxes
