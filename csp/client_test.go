@@ -80,9 +80,10 @@ func TestListAccounts(t *testing.T) {
 		{"ExactMultiple", 2000, 1000, 1000, 3},
 		{"SmallClientPages", 250, 1000, 100, 3},
 		{"ServerCapsPages", 250, 100, 1000, 3},
-		{"OneShortPage", 5, 1000, 1000, 2},            // a second request tells "all" from "capped"
-		{"ServerIgnoresParamsShort", 5, 0, 0, 2},      // page 2 repeats page 1
-		{"ServerIgnoresParamsLong", 2500, 0, 1000, 1}, // more than _limit: everything
+		{"OneShortPage", 5, 1000, 1000, 2},                 // a second request tells "all" from "capped"
+		{"ServerIgnoresParamsShort", 5, 0, 0, 2},           // page 2 repeats page 1
+		{"ServerIgnoresParamsLong", 2500, 0, 1000, 1},      // more than _limit: everything
+		{"ServerIgnoresParamsExactPage", 1000, 0, 1000, 3}, // a repeat of a full page, then a probe
 		{"Empty", 0, 1000, 1000, 1},
 	}
 	for _, tt := range tests {

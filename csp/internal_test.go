@@ -58,7 +58,8 @@ func TestPaginate(t *testing.T) {
 		{"ShortFirstPage", server{total: 3, capSize: 100}, 10, 3, 2, false},
 		{"IgnoresBothShort", server{total: 3, capSize: 100, ignoreOffset: true, ignoreLimit: true}, 10, 3, 2, false},
 		{"IgnoresBothLong", server{total: 30, capSize: 100, ignoreOffset: true, ignoreLimit: true}, 10, 30, 1, false},
-		{"IgnoresOffset", server{total: 30, capSize: 100, ignoreOffset: true}, 10, 0, 2, true},
+		{"IgnoresOffset", server{total: 30, capSize: 100, ignoreOffset: true}, 10, 0, 3, true},                             // repeat, then the probe gets 11
+		{"IgnoresBothExactPage", server{total: 10, capSize: 100, ignoreOffset: true, ignoreLimit: true}, 10, 10, 3, false}, // repeat, probe gets the same 10
 		{"TooManyPages", server{total: 1000, capSize: 100}, 10, 0, 10, true},
 	}
 	for _, tt := range tests {

@@ -48,6 +48,18 @@ func paginate[T any](ctx context.Context, limit, pageLimit int, fetch fetchPage[
 			if full == 0 {
 				return all, nil // page 1 was short and comes again: it was everything
 			}
+			if page == 2 {
+				// A full page 1 came again: either the server ignores both
+				// parameters and holds exactly one page, or it honours
+				// _limit but ignores _offset. Asking for one more item tells.
+				probe, err := fetch(ctx, limit+1, 0)
+				if err != nil {
+					return nil, fmt.Errorf("page %d (probe): %w", page, err)
+				}
+				if len(probe) == len(all) {
+					return all, nil
+				}
+			}
 			return nil, fmt.Errorf("page %d repeats page %d: the server ignores _offset", page, page-1)
 		}
 		prevFirst = first

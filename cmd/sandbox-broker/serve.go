@@ -75,7 +75,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	var provider broker.Provider
 	var providerName string
 	if *demo {
-		fake := fakecsp.New(fakecsp.Options{Sandboxes: *demoN, Prefix: "lab"})
+		fake := fakecsp.New(fakecsp.Options{Sandboxes: *demoN, Prefix: "lab", PageSize: 1000})
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return fmt.Errorf("demo provider: %w", err)
