@@ -161,7 +161,7 @@ func (s *Store) MarkStale(ctx context.Context, ids []string, now time.Time) (int
 // concurrent change (the owner marking it) are skipped: that change wins.
 // Parameters: $1 now, $2 request id, $3 cutoff, $4 limit, $5 actor.
 const expireSQL = `WITH due AS (
-	SELECT id FROM sandboxes WHERE status = 'allocated' AND expires_at <= $3::bigint
+	SELECT id FROM sandboxes WHERE status = 'allocated' AND expires_at > 0 AND expires_at <= $3::bigint
 	ORDER BY expires_at LIMIT $4::bigint
 	FOR UPDATE SKIP LOCKED
 ), expired AS (

@@ -36,16 +36,24 @@ func TestLargePool(t *testing.T) {
 	if err != nil || res.Refreshed != 10_000 {
 		t.Fatalf("second sync = %+v, %v", res, err)
 	}
-	t.Logf("sync of 10,000 new accounts: %v; of 10,000 known ones: %v", took, time.Since(began))
-	if took > 5*time.Second {
-		t.Fatalf("sync of 10,000 accounts took %v", took)
-	}
+	t.Logf("sync of 10,000 new accounts: %v; of 10,000 known ones: %v (measured, not asserted: see BENCHMARKS.md)", took, time.Since(began))
 
 	conn, err := pgx.Connect(ctx, u)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(ctx)
+	// Statistics taken while nothing is allocated (right after a big sync):
+	// the idempotency lookup must still use sandboxes_active_key, not scan
+	// the allocated rows through another partial index.
+	if _, err := conn.Exec(ctx, `ANALYZE sandboxes`); err != nil {
+		t.Fatal(err)
+	}
+	fresh := explain(t, conn, fmt.Sprintf(allocateSQL, ""), "owner", "key", "track", int64(1), int64(2), int64(3), "actor", "req")
+	wantIndexes(t, fresh, "sandboxes_available_name", "sandboxes_active_key")
+	if strings.Contains(fresh, "sandboxes_expiry") {
+		t.Fatalf("idempotency lookup uses sandboxes_expiry:\n%s", fresh)
+	}
 	// 90,000 more (a fifth of them allocated, over 20 tracks) and a few
 	// "zed" sandboxes at the end of the name order.
 	for _, q := range []string{
@@ -106,10 +114,7 @@ func TestLargePool(t *testing.T) {
 		}
 		slices.Sort(runs)
 		t.Logf("Stats at 100,000 sandboxes: %v", runs)
-		// The fastest run: the slower ones measure the machine's load.
-		if runs[0] > 50*time.Millisecond {
-			t.Fatalf("Stats took %v at best, want < 50ms", runs[0])
-		}
+		// Measured, not asserted: timings belong in BENCHMARKS.md.
 
 		page, err := s.List(ctx, broker.ListFilter{Status: broker.StatusAvailable, NamePrefix: "zed", Limit: 100})
 		if err != nil || len(page.Sandboxes) != 9 {

@@ -37,7 +37,11 @@ CREATE INDEX sandboxes_status_id ON sandboxes (status, id);
 -- The admin list's name-prefix filter, written with the byte-wise operators
 -- ~>=~ and ~<~ of text_pattern_ops: an index that cannot serve ORDER BY name.
 CREATE INDEX sandboxes_name_pattern ON sandboxes (name text_pattern_ops);
-CREATE INDEX sandboxes_expiry ON sandboxes (expires_at) WHERE status = 'allocated';
+-- "expires_at > 0" keeps the planner from using this index for the
+-- idempotency lookup (owner, key, status = 'allocated'), which must use
+-- sandboxes_active_key: with statistics taken while few sandboxes were
+-- allocated it otherwise filtered every allocated row.
+CREATE INDEX sandboxes_expiry ON sandboxes (expires_at) WHERE status = 'allocated' AND expires_at > 0;
 CREATE INDEX sandboxes_due ON sandboxes (next_attempt_at) WHERE status = 'pending_deletion';
 CREATE INDEX sandboxes_lease ON sandboxes (lease_until) WHERE status = 'deleting';
 CREATE INDEX sandboxes_track ON sandboxes (track_name, id) WHERE track_name <> '';
