@@ -57,3 +57,20 @@ func TransitionTable() string {
 	}
 	return b.String()
 }
+
+// MarkRejection explains why a mark-for-deletion write by owner did not
+// apply to the sandbox as it is now (cur): nil means the owner already
+// released it (pending_deletion, deleting or deletion_failed: an idempotent
+// repeat), ENOTOWNER that it is not the owner's (never naming the owner),
+// ECONFLICT any other state. Stores call it after their conditional write
+// matched nothing.
+func MarkRejection(cur Sandbox, owner string) error {
+	if cur.Owner == "" || cur.Owner != owner {
+		return Errorf(ENOTOWNER, "sandbox %s is not allocated to you", cur.ID)
+	}
+	switch cur.Status {
+	case StatusPendingDeletion, StatusDeleting, StatusDeletionFailed:
+		return nil
+	}
+	return Errorf(ECONFLICT, "sandbox %s is %s and cannot be marked for deletion", cur.ID, cur.Status)
+}

@@ -56,20 +56,15 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 		if err != nil {
 			return broker.Sandbox{}, err
 		}
-		if cur.Owner != req.Owner || cur.Owner == "" {
-			return broker.Sandbox{}, broker.Errorf(broker.ENOTOWNER, "sandbox %s is not allocated to you", req.ID)
-		}
-		switch cur.Status {
-		case broker.StatusPendingDeletion, broker.StatusDeleting, broker.StatusDeletionFailed:
-			return cur, nil
-		case broker.StatusAllocated:
+		if cur.Status == broker.StatusAllocated && cur.Owner == req.Owner && attempt < 3 {
 			// Allocated to the caller after all: the item changed between
 			// the write and the read. Try the write again.
-			if attempt < 3 {
-				continue
-			}
+			continue
 		}
-		return broker.Sandbox{}, broker.Errorf(broker.ECONFLICT, "sandbox %s is %s and cannot be marked for deletion", req.ID, cur.Status)
+		if err := broker.MarkRejection(cur, req.Owner); err != nil {
+			return broker.Sandbox{}, err
+		}
+		return cur, nil
 	}
 }
 

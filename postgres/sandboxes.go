@@ -303,25 +303,12 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 			return err
 		}
 		out = cur
-		return markOutcome(cur, req)
+		return broker.MarkRejection(cur, req.Owner)
 	})
 	if err != nil {
 		return broker.Sandbox{}, err
 	}
 	return out, nil
-}
-
-// markOutcome explains why a mark-for-deletion write did not apply to cur:
-// nil (idempotent repeat) or an error.
-func markOutcome(cur broker.Sandbox, req broker.MarkRequest) error {
-	if cur.Owner != req.Owner || cur.Owner == "" {
-		return broker.Errorf(broker.ENOTOWNER, "sandbox %s is not allocated to you", req.ID)
-	}
-	switch cur.Status {
-	case broker.StatusPendingDeletion, broker.StatusDeleting, broker.StatusDeletionFailed:
-		return nil
-	}
-	return broker.Errorf(broker.ECONFLICT, "sandbox %s is %s and cannot be marked for deletion", req.ID, cur.Status)
 }
 
 // List page size bounds; the contract asks for 1..100.
