@@ -8,7 +8,7 @@ import "time"
 // Status is the lifecycle state of a sandbox.
 type Status string
 
-// The statuses a sandbox can be in. See Transitions for the allowed moves.
+// The statuses a sandbox can be in. See Transitions() for the allowed moves.
 const (
 	// StatusAvailable: in the pool, ready to be allocated.
 	StatusAvailable Status = "available"
@@ -25,15 +25,17 @@ const (
 	StatusDeletionFailed Status = "deletion_failed"
 )
 
-// Statuses lists every status in display order.
-var Statuses = []Status{
-	StatusAvailable, StatusAllocated, StatusPendingDeletion,
-	StatusDeleting, StatusStale, StatusDeletionFailed,
+// Statuses returns every status in display order (a new slice each call).
+func Statuses() []Status {
+	return []Status{
+		StatusAvailable, StatusAllocated, StatusPendingDeletion,
+		StatusDeleting, StatusStale, StatusDeletionFailed,
+	}
 }
 
 // Valid reports whether s is a known status.
 func (s Status) Valid() bool {
-	for _, v := range Statuses {
+	for _, v := range Statuses() {
 		if s == v {
 			return true
 		}

@@ -14,28 +14,35 @@ type Transition struct {
 	Guard    string // condition checked in the same write
 }
 
-// Transitions is the state machine, the single source for docs/state-machine.md.
-var Transitions = []Transition{
-	{"", StatusAvailable, "sync", "no record with that id exists"},
-	{StatusAvailable, StatusAvailable, "sync", "status = available (metadata refresh)"},
-	{StatusStale, StatusAvailable, "sync", "status = stale and the account is listed again"},
-	{StatusAvailable, StatusStale, "sync", "status = available and the account is no longer listed (at most SYNC_MAX_STALE_FRACTION of the pool per run)"},
-	{StatusAvailable, StatusAllocated, "allocate", "status = available and no allocated record holds (owner, idempotency key)"},
-	{StatusAllocated, StatusPendingDeletion, "owner: mark-for-deletion", "status = allocated and owner = caller"},
-	{StatusAllocated, StatusPendingDeletion, "expiry job", "status = allocated and expires_at + GRACE_PERIOD_MINUTES <= now"},
-	{StatusPendingDeletion, StatusDeleting, "cleanup job (claim)", "status = pending_deletion and next_attempt_at <= now; sets a lease"},
-	{StatusDeleting, StatusDeleting, "cleanup job (reclaim)", "status = deleting and lease expired (worker crashed)"},
-	{StatusDeleting, StatusDeleted, "cleanup job", "status = deleting and claim token matches; provider deleted the account"},
-	{StatusDeleting, StatusPendingDeletion, "cleanup job", "claim token matches; provider failed, attempts < max (retry with backoff) or breaker open (no attempt counted)"},
-	{StatusDeleting, StatusDeletionFailed, "cleanup job", "claim token matches; provider failed and attempts reached DELETION_RETRY_MAX_ATTEMPTS"},
-	{StatusDeletionFailed, StatusPendingDeletion, "admin: retry-deletion", "status = deletion_failed"},
-	{StatusStale, StatusDeleted, "stale purge job", "status = stale and updated_at <= now - STALE_GRACE_HOURS"},
-	{"any", StatusDeleted, "admin: bulk-delete", "status = the requested status (allocated and pending_deletion only with force)"},
+// Transitions returns the state machine (a new slice each call), the single
+// source for docs/state-machine.md.
+func Transitions() []Transition {
+	return transitions()
+}
+
+func transitions() []Transition {
+	return []Transition{
+		{"", StatusAvailable, "sync", "no record with that id exists"},
+		{StatusAvailable, StatusAvailable, "sync", "status = available (metadata refresh)"},
+		{StatusStale, StatusAvailable, "sync", "status = stale and the account is listed again"},
+		{StatusAvailable, StatusStale, "sync", "status = available and the account is no longer listed (at most SYNC_MAX_STALE_FRACTION of the pool per run)"},
+		{StatusAvailable, StatusAllocated, "allocate", "status = available and no allocated record holds (owner, idempotency key)"},
+		{StatusAllocated, StatusPendingDeletion, "owner: mark-for-deletion", "status = allocated and owner = caller"},
+		{StatusAllocated, StatusPendingDeletion, "expiry job", "status = allocated and expires_at + GRACE_PERIOD_MINUTES <= now"},
+		{StatusPendingDeletion, StatusDeleting, "cleanup job (claim)", "status = pending_deletion and next_attempt_at <= now; sets a lease"},
+		{StatusDeleting, StatusDeleting, "cleanup job (reclaim)", "status = deleting and lease expired (worker crashed)"},
+		{StatusDeleting, StatusDeleted, "cleanup job", "status = deleting and claim token matches; provider deleted the account"},
+		{StatusDeleting, StatusPendingDeletion, "cleanup job", "claim token matches; provider failed, attempts < max (retry with backoff) or breaker open (no attempt counted)"},
+		{StatusDeleting, StatusDeletionFailed, "cleanup job", "claim token matches; provider failed and attempts reached DELETION_RETRY_MAX_ATTEMPTS"},
+		{StatusDeletionFailed, StatusPendingDeletion, "admin: retry-deletion", "status = deletion_failed"},
+		{StatusStale, StatusDeleted, "stale purge job", "status = stale and updated_at <= now - STALE_GRACE_HOURS"},
+		{"any", StatusDeleted, "admin: bulk-delete", "status = the requested status (allocated and pending_deletion only with force)"},
+	}
 }
 
 // CanTransition reports whether the state machine allows from → to.
 func CanTransition(from, to Status) bool {
-	for _, t := range Transitions {
+	for _, t := range Transitions() {
 		if (t.From == from || t.From == "any") && t.To == to {
 			return true
 		}
@@ -48,7 +55,7 @@ func CanTransition(from, to Status) bool {
 func TransitionTable() string {
 	var b strings.Builder
 	b.WriteString("| From | To | Triggered by | Guard (checked in the same conditional write) |\n|---|---|---|---|\n")
-	for _, t := range Transitions {
+	for _, t := range Transitions() {
 		from := string(t.From)
 		if from == "" {
 			from = "(none)"

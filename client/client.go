@@ -262,7 +262,7 @@ func (c *Client) Stats(ctx context.Context) (Stats, error) {
 	st := Stats{ByStatus: map[broker.Status]int{}, ByTrack: map[string]int{}}
 	_ = json.Unmarshal(w["total"], &st.Total)
 	_ = json.Unmarshal(w["by_track"], &st.ByTrack)
-	for _, s := range broker.Statuses {
+	for _, s := range broker.Statuses() {
 		var n int
 		if json.Unmarshal(w[string(s)], &n) == nil {
 			st.ByStatus[s] = n

@@ -104,8 +104,8 @@ func (s *Store) History(ctx context.Context, id string) ([]broker.Event, error) 
 func (s *Store) Stats(ctx context.Context) (broker.Stats, error) {
 	st := broker.Stats{ByStatus: map[broker.Status]int{}, ByTrack: map[string]int{}}
 	var mu sync.Mutex
-	err := parallel(ctx, len(broker.Statuses), len(broker.Statuses), func(ctx context.Context, i int) error {
-		status := broker.Statuses[i]
+	err := parallel(ctx, len(broker.Statuses()), len(broker.Statuses()), func(ctx context.Context, i int) error {
+		status := broker.Statuses()[i]
 		if status == broker.StatusAvailable || status == broker.StatusStale {
 			n, err := s.countAll(ctx, s.statusQuery(status, "", "", nil))
 			mu.Lock()

@@ -96,7 +96,7 @@ func (s *Server) adminStats(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	out := map[string]any{"total": st.Total, "by_track": st.ByTrack}
-	for _, status := range broker.Statuses {
+	for _, status := range broker.Statuses() {
 		out[string(status)] = st.ByStatus[status]
 	}
 	writeJSON(w, http.StatusOK, out)

@@ -150,7 +150,7 @@ func TestAPIMetrics(t *testing.T) {
 		`broker_deletion_backlog_oldest_seconds`:   30,
 		`broker_pool_scrape_errors_total`:          0,
 	})
-	for _, s := range broker.Statuses {
+	for _, s := range broker.Statuses() {
 		if v := got[`broker_pool_sandboxes{status="`+string(s)+`"}`]; v != float64(st.ByStatus[s]) {
 			t.Errorf("broker_pool_sandboxes{status=%q} = %v, Stats says %d", s, v, st.ByStatus[s])
 		}

@@ -114,7 +114,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(d, n)
 	}
 	gauge(c.total, st.Total)
-	for _, s := range broker.Statuses {
+	for _, s := range broker.Statuses() {
 		gauge(c.byStatus, st.ByStatus[s], string(s))
 	}
 	for name, n := range c.topTracks(st.ByTrack) {

@@ -275,7 +275,7 @@ func adminStats(ctx context.Context, a *adminRun, _ []string) error {
 		return a.printJSON(st)
 	}
 	tw := a.table("STATUS", "COUNT")
-	for _, s := range broker.Statuses {
+	for _, s := range broker.Statuses() {
 		row(tw, s, st.ByStatus[s])
 	}
 	row(tw, "total", st.Total)
@@ -345,8 +345,8 @@ func adminList(fs *flag.FlagSet) func(context.Context, *adminRun, []string) erro
 }
 
 func statusList() string {
-	s := make([]string, len(broker.Statuses))
-	for i, st := range broker.Statuses {
+	s := make([]string, len(broker.Statuses()))
+	for i, st := range broker.Statuses() {
 		s[i] = string(st)
 	}
 	return strings.Join(s, ", ")
