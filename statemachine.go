@@ -17,10 +17,6 @@ type Transition struct {
 // Transitions returns the state machine (a new slice each call), the single
 // source for docs/state-machine.md.
 func Transitions() []Transition {
-	return transitions()
-}
-
-func transitions() []Transition {
 	return []Transition{
 		{"", StatusAvailable, "sync", "no record with that id exists"},
 		{StatusAvailable, StatusAvailable, "sync", "status = available (metadata refresh)"},
