@@ -13,42 +13,13 @@ import (
 	"github.com/sandbox-broker/broker/internal/sqlutil"
 )
 
-const columns = `id, name, external_id, sfdc_account_id, status, owner, track_name, idem_key,
-	allocated_at, lab_duration_sec, expires_at, deletion_requested_at, deletion_attempts,
-	next_attempt_at, lease_until, claim_token, last_error, created_at, updated_at, last_synced`
-
-type scanner interface{ Scan(dest ...any) error }
-
-// scanSandbox reads one row of columns, after the extra leading
-// destinations in pre.
-func scanSandbox(row scanner, pre ...any) (broker.Sandbox, error) {
-	var sb broker.Sandbox
-	var status string
-	var allocatedAt, durSec, expiresAt, delReq, next, lease, created, updated, synced int64
-	dest := append(pre, &sb.ID, &sb.Name, &sb.ExternalID, &sb.SFDCAccountID, &status, &sb.Owner, &sb.TrackName,
-		&sb.IdempotencyKey, &allocatedAt, &durSec, &expiresAt, &delReq, &sb.DeletionAttempts, &next, &lease,
-		&sb.ClaimToken, &sb.LastError, &created, &updated, &synced)
-	if err := row.Scan(dest...); err != nil {
-		return sb, err
-	}
-	sb.Status = broker.Status(status)
-	sb.AllocatedAt = sqlutil.Time(allocatedAt)
-	sb.LabDuration = time.Duration(durSec) * time.Second
-	sb.ExpiresAt = sqlutil.Time(expiresAt)
-	sb.DeletionRequestedAt = sqlutil.Time(delReq)
-	sb.NextAttemptAt = sqlutil.Time(next)
-	sb.LeaseUntil = sqlutil.Time(lease)
-	sb.CreatedAt = sqlutil.Time(created)
-	sb.UpdatedAt = sqlutil.Time(updated)
-	sb.LastSynced = sqlutil.Time(synced)
-	return sb, nil
-}
+const columns = sqlutil.Columns
 
 func collectSandboxes(rows pgx.Rows, pre ...any) ([]broker.Sandbox, error) {
 	defer rows.Close()
 	var out []broker.Sandbox
 	for rows.Next() {
-		sb, err := scanSandbox(rows, pre...)
+		sb, err := sqlutil.ScanSandbox(rows, pre...)
 		if err != nil {
 			return nil, err
 		}
@@ -194,7 +165,7 @@ func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broke
 	connRetries := 0
 	for {
 		var replayed bool
-		sb, err := scanSandbox(s.pool.QueryRow(ctx, q, args...), &replayed)
+		sb, err := sqlutil.ScanSandbox(s.pool.QueryRow(ctx, q, args...), &replayed)
 		if err == nil {
 			return broker.Allocation{Sandbox: sb, Replayed: replayed}, nil
 		}
@@ -248,7 +219,7 @@ func (s *Store) Get(ctx context.Context, id string) (broker.Sandbox, error) {
 	var sb broker.Sandbox
 	err := s.do(ctx, true, func(ctx context.Context) error {
 		var err error
-		sb, err = scanSandbox(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = $1`, id))
+		sb, err = sqlutil.ScanSandbox(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = $1`, id))
 		if isNoRows(err) {
 			return notFound(id)
 		}
@@ -285,7 +256,7 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 	actor, requestID := eventArgs(ctx)
 	var out broker.Sandbox
 	err := s.do(ctx, true, func(ctx context.Context) error {
-		sb, err := scanSandbox(s.pool.QueryRow(ctx, markSQL, req.ID, req.Owner, sqlutil.Unix(req.Now), actor, requestID))
+		sb, err := sqlutil.ScanSandbox(s.pool.QueryRow(ctx, markSQL, req.ID, req.Owner, sqlutil.Unix(req.Now), actor, requestID))
 		if err == nil {
 			out = sb
 			return nil
@@ -295,7 +266,7 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 		}
 		// Read in a new snapshot: the update may have waited for a
 		// concurrent change (the expiry job) that this read must see.
-		cur, err := scanSandbox(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = $1`, req.ID))
+		cur, err := sqlutil.ScanSandbox(s.pool.QueryRow(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = $1`, req.ID))
 		if isNoRows(err) {
 			return notFound(req.ID)
 		}
@@ -514,7 +485,7 @@ func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (br
 	actor, requestID := eventArgs(ctx)
 	var out broker.Sandbox
 	err := s.do(ctx, false, func(ctx context.Context) error {
-		sb, err := scanSandbox(s.pool.QueryRow(ctx, retrySQL, id, sqlutil.Unix(now), actor, requestID))
+		sb, err := sqlutil.ScanSandbox(s.pool.QueryRow(ctx, retrySQL, id, sqlutil.Unix(now), actor, requestID))
 		if isNoRows(err) {
 			return s.diagnose(ctx, id, "is %s, not deletion_failed")
 		}

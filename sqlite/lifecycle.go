@@ -256,7 +256,7 @@ func (s *Store) ClaimDeletions(ctx context.Context, req broker.ClaimRequest) ([]
 		}
 		until := sqlutil.Unix(req.Now.Add(req.Lease))
 		for _, c := range picked {
-			sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'deleting', claim_token = ?, lease_until = ?, updated_at = ?
+			sb, err := sqlutil.ScanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'deleting', claim_token = ?, lease_until = ?, updated_at = ?
 				WHERE id = ? AND ((status = 'pending_deletion' AND next_attempt_at <= ?) OR (status = 'deleting' AND lease_until < ?))
 				RETURNING `+columns, req.Token, until, ts, c.id, ts, ts))
 			if errors.Is(err, sql.ErrNoRows) {

@@ -12,34 +12,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 )
 
-const columns = `id, name, external_id, sfdc_account_id, status, owner, track_name, idem_key,
-	allocated_at, lab_duration_sec, expires_at, deletion_requested_at, deletion_attempts,
-	next_attempt_at, lease_until, claim_token, last_error, created_at, updated_at, last_synced`
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanSandbox(row scanner) (broker.Sandbox, error) {
-	var sb broker.Sandbox
-	var status string
-	var allocatedAt, durSec, expiresAt, delReq, next, lease, created, updated, synced int64
-	err := row.Scan(&sb.ID, &sb.Name, &sb.ExternalID, &sb.SFDCAccountID, &status, &sb.Owner, &sb.TrackName,
-		&sb.IdempotencyKey, &allocatedAt, &durSec, &expiresAt, &delReq, &sb.DeletionAttempts, &next, &lease,
-		&sb.ClaimToken, &sb.LastError, &created, &updated, &synced)
-	if err != nil {
-		return sb, err
-	}
-	sb.Status = broker.Status(status)
-	sb.AllocatedAt = sqlutil.Time(allocatedAt)
-	sb.LabDuration = time.Duration(durSec) * time.Second
-	sb.ExpiresAt = sqlutil.Time(expiresAt)
-	sb.DeletionRequestedAt = sqlutil.Time(delReq)
-	sb.NextAttemptAt = sqlutil.Time(next)
-	sb.LeaseUntil = sqlutil.Time(lease)
-	sb.CreatedAt = sqlutil.Time(created)
-	sb.UpdatedAt = sqlutil.Time(updated)
-	sb.LastSynced = sqlutil.Time(synced)
-	return sb, nil
-}
+const columns = sqlutil.Columns
 
 // event appends one audit record inside tx, attributed to ctx's actor.
 func (s *Store) event(ctx context.Context, tx *sql.Tx, id string, from, to broker.Status, at time.Time) error {
@@ -61,7 +34,7 @@ func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broke
 		now := sqlutil.Unix(req.Now)
 		expires := sqlutil.Unix(broker.ExpiresAt(req.Now, req.LabDuration))
 		args := append([]any{req.Owner, req.Key, req.TrackName, now, int64(req.LabDuration / time.Second), expires, now}, pickArgs...)
-		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
+		sb, err := sqlutil.ScanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'allocated', owner = ?, idem_key = ?,
 			track_name = ?, allocated_at = ?, lab_duration_sec = ?, expires_at = ?, updated_at = ?,
 			deletion_requested_at = 0, deletion_attempts = 0, next_attempt_at = 0, last_error = ''
 			WHERE status = 'available' AND id = (`+pick+`) RETURNING `+columns, args...))
@@ -72,7 +45,7 @@ func (s *Store) Allocate(ctx context.Context, req broker.AllocateRequest) (broke
 		case !errors.Is(err, sql.ErrNoRows) && !isUniqueViolation(err):
 			return err
 		}
-		held, herr := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
+		held, herr := sqlutil.ScanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes
 			WHERE owner = ? AND idem_key = ? AND status = 'allocated'`, req.Owner, req.Key))
 		switch {
 		case herr == nil:
@@ -121,7 +94,7 @@ func pickQuery(prefix string) (string, []any) {
 
 // Get implements broker.SandboxStore.
 func (s *Store) Get(ctx context.Context, id string) (broker.Sandbox, error) {
-	sb, err := scanSandbox(s.readers.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, id))
+	sb, err := sqlutil.ScanSandbox(s.readers.QueryRowContext(ctx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return sb, broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", id)
 	}
@@ -133,7 +106,7 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 	var out broker.Sandbox
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		now := sqlutil.Unix(req.Now)
-		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
+		sb, err := sqlutil.ScanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_requested_at = ?, updated_at = ?, next_attempt_at = 0
 			WHERE id = ? AND status = 'allocated' AND owner = ? RETURNING `+columns, now, now, req.ID, req.Owner))
 		if err == nil {
@@ -144,7 +117,7 @@ func (s *Store) MarkForDeletion(ctx context.Context, req broker.MarkRequest) (br
 			return err
 		}
 		// The conditional write did not match: say why.
-		cur, err := scanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, req.ID))
+		cur, err := sqlutil.ScanSandbox(s.qrow(ctx, tx, `SELECT `+columns+` FROM sandboxes WHERE id = ?`, req.ID))
 		if errors.Is(err, sql.ErrNoRows) {
 			return broker.Errorf(broker.ENOTFOUND, "sandbox %s not found", req.ID)
 		}
@@ -203,7 +176,7 @@ func (s *Store) List(ctx context.Context, f broker.ListFilter) (broker.ListPage,
 	defer rows.Close()
 	var page broker.ListPage
 	for rows.Next() {
-		sb, err := scanSandbox(rows)
+		sb, err := sqlutil.ScanSandbox(rows)
 		if err != nil {
 			return broker.ListPage{}, dbErr(err)
 		}
@@ -335,7 +308,7 @@ func (s *Store) deleteWhere(ctx context.Context, tx *sql.Tx, cond string, args [
 func (s *Store) RetryDeletion(ctx context.Context, id string, now time.Time) (broker.Sandbox, error) {
 	var out broker.Sandbox
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		sb, err := scanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
+		sb, err := sqlutil.ScanSandbox(s.qrow(ctx, tx, `UPDATE sandboxes SET status = 'pending_deletion',
 			deletion_attempts = 0, next_attempt_at = 0, updated_at = ? WHERE id = ? AND status = 'deletion_failed'
 			RETURNING `+columns, sqlutil.Unix(now), id))
 		if errors.Is(err, sql.ErrNoRows) {

@@ -56,3 +56,38 @@ func DecodeCursor(c string) (string, error) {
 	}
 	return strings.TrimPrefix(string(raw), cursorPrefix), nil
 }
+
+// Columns is the sandboxes column list both SQL stores select, in the order
+// ScanSandbox reads.
+const Columns = `id, name, external_id, sfdc_account_id, status, owner, track_name, idem_key,
+	allocated_at, lab_duration_sec, expires_at, deletion_requested_at, deletion_attempts,
+	next_attempt_at, lease_until, claim_token, last_error, created_at, updated_at, last_synced`
+
+// Scanner is a row of database/sql or pgx.
+type Scanner interface{ Scan(dest ...any) error }
+
+// ScanSandbox reads one row of Columns, after the extra leading
+// destinations in pre. It returns the driver's error unchanged (e.g.
+// sql.ErrNoRows or pgx.ErrNoRows).
+func ScanSandbox(row Scanner, pre ...any) (broker.Sandbox, error) {
+	var sb broker.Sandbox
+	var status string
+	var allocatedAt, durSec, expiresAt, delReq, next, lease, created, updated, synced int64
+	dest := append(pre, &sb.ID, &sb.Name, &sb.ExternalID, &sb.SFDCAccountID, &status, &sb.Owner, &sb.TrackName,
+		&sb.IdempotencyKey, &allocatedAt, &durSec, &expiresAt, &delReq, &sb.DeletionAttempts, &next, &lease,
+		&sb.ClaimToken, &sb.LastError, &created, &updated, &synced)
+	if err := row.Scan(dest...); err != nil {
+		return sb, err
+	}
+	sb.Status = broker.Status(status)
+	sb.AllocatedAt = Time(allocatedAt)
+	sb.LabDuration = time.Duration(durSec) * time.Second
+	sb.ExpiresAt = Time(expiresAt)
+	sb.DeletionRequestedAt = Time(delReq)
+	sb.NextAttemptAt = Time(next)
+	sb.LeaseUntil = Time(lease)
+	sb.CreatedAt = Time(created)
+	sb.UpdatedAt = Time(updated)
+	sb.LastSynced = Time(synced)
+	return sb, nil
+}
