@@ -112,7 +112,19 @@ func testAllocate(t *testing.T, newStore Factory) {
 		seed(t, s, Accounts("lab", 1000, 3))
 		r := req("student-1")
 		r.TrackName = "lab-adventure"
-		a := mustAllocate(t, s, r)
+		actx := broker.WithActor(ctx, broker.Actor{Name: "owner:student-1", RequestID: "req-42"})
+		a, err := s.Allocate(actx, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, err := s.History(ctx, a.Sandbox.ID)
+		if err != nil || len(ev) == 0 {
+			t.Fatalf("history = %v, %v", ev, err)
+		}
+		if last := ev[len(ev)-1]; last.From != broker.StatusAvailable || last.To != broker.StatusAllocated ||
+			last.Actor != "owner:student-1" || last.RequestID != "req-42" || !last.At.Equal(t0) {
+			t.Fatalf("allocation event = %+v, want the caller as actor with its request id at %v", last, t0)
+		}
 		if a.Replayed {
 			t.Fatal("first allocation reported as replayed")
 		}
