@@ -7,13 +7,13 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/client"
 	"github.com/sandbox-broker/broker/httpapi"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/jobs"
 	"github.com/sandbox-broker/broker/service"
 	"github.com/sandbox-broker/broker/sqlite"
@@ -25,20 +25,13 @@ const (
 	adminToken = "client-admin-token"
 )
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *testClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
 // broker is a real broker on a real SQLite store with n sandboxes
 // lab-0001... (ids 5000...), its job runner not started.
 type testBroker struct {
 	url   string // API base URL
 	srv   *httptest.Server
 	store *sqlite.Store
-	clock *testClock
+	clock *fakeclock.Clock
 }
 
 func newBroker(t *testing.T, n int, basePath string) *testBroker {
@@ -49,7 +42,7 @@ func newBroker(t *testing.T, n int, basePath string) *testBroker {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	clock := &testClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	if _, err := store.UpsertAccounts(ctx, storetest.Accounts("lab", 5000, n), clock.Now()); err != nil {
 		t.Fatal(err)
 	}

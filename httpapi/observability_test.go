@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sandbox-broker/broker/httpapi"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/ratelimit"
 )
 
@@ -30,7 +31,7 @@ func limited(rps float64, burst int, clock ratelimit.Clock, trusted ...*net.IPNe
 }
 
 func TestRateLimit(t *testing.T) {
-	clock := &fixedClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	e := newEnv(t, 5, limited(1, 3, clock))
 	// The limiter runs before authentication: a wrong token spends tokens too.
 	steps := []struct {
@@ -170,7 +171,7 @@ func (s *syncBuffer) String() string {
 // admin, wrong, metrics) is ever logged, whatever the outcome.
 func TestRequestLog(t *testing.T) {
 	var logs syncBuffer
-	clock := &fixedClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	const wrongToken = "wrong-token-do-not-log"
 	e := newEnv(t, 2, limited(1000, 8, clock), func(c *httpapi.Config) {
 		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

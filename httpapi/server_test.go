@@ -15,6 +15,7 @@ import (
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/httpapi"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/service"
 	"github.com/sandbox-broker/broker/sqlite"
 	"github.com/sandbox-broker/broker/storetest"
@@ -25,24 +26,11 @@ const (
 	adminToken = "admin-secret"
 )
 
-// fixedClock is a settable test clock.
-type fixedClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fixedClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fixedClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 type env struct {
 	t     *testing.T
 	srv   *httptest.Server
 	store *sqlite.Store
-	clock *fixedClock
+	clock *fakeclock.Clock
 }
 
 // newEnv starts a broker on a real SQLite file with n sandboxes lab-0001...
@@ -53,7 +41,7 @@ func newEnv(t *testing.T, n int, mutate ...func(*httpapi.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	clock := &fixedClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)}
+	clock := fakeclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC))
 	if n > 0 {
 		if _, err := store.UpsertAccounts(context.Background(), storetest.Accounts("lab", 5000, n), clock.Now()); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/sandbox-broker/broker/csp"
 	"github.com/sandbox-broker/broker/fakecsp"
 	"github.com/sandbox-broker/broker/httpapi"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/jobs"
 	"github.com/sandbox-broker/broker/lifecycle"
 	"github.com/sandbox-broker/broker/service"
@@ -416,10 +417,9 @@ func TestExpiryAndPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	now := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
-	clock := clockAt{&now}
+	clock := fakeclock.New(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC))
 	accts := []broker.Account{{ID: "1", Name: "a"}, {ID: "2", Name: "b"}, {ID: "3", Name: "c"}}
-	if _, err := store.UpsertAccounts(context.Background(), accts, now); err != nil {
+	if _, err := store.UpsertAccounts(context.Background(), accts, clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	svc := service.New(store, clock, 4*time.Hour)
@@ -428,34 +428,30 @@ func TestExpiryAndPurge(t *testing.T) {
 		t.Fatal(err)
 	}
 	exp := &lifecycle.Expirer{Store: store, Clock: clock, Grace: 30 * time.Minute}
-	now = now.Add(4*time.Hour + 29*time.Minute)
+	clock.Add(4*time.Hour + 29*time.Minute)
 	if r, _ := exp.Run(context.Background()); r.Expired != 0 {
 		t.Fatalf("expired before grace: %+v", r)
 	}
-	now = now.Add(time.Minute)
+	clock.Add(time.Minute)
 	if r, _ := exp.Run(context.Background()); r.Expired != 1 {
 		t.Fatalf("not expired after grace: %+v", r)
 	}
 	if sb, _ := store.Get(context.Background(), a.Sandbox.ID); sb.Status != broker.StatusPendingDeletion {
 		t.Fatalf("expired sandbox is %s", sb.Status)
 	}
-	if _, err := store.MarkStale(context.Background(), []string{"2", "3"}, now); err != nil {
+	if _, err := store.MarkStale(context.Background(), []string{"2", "3"}, clock.Now()); err != nil {
 		t.Fatal(err)
 	}
 	p := &lifecycle.Purger{Store: store, Clock: clock, Grace: 24 * time.Hour}
-	now = now.Add(23 * time.Hour)
+	clock.Add(23 * time.Hour)
 	if r, _ := p.Run(context.Background()); r.Deleted != 0 {
 		t.Fatalf("purged too early: %+v", r)
 	}
-	now = now.Add(time.Hour)
+	clock.Add(time.Hour)
 	if r, _ := p.Run(context.Background()); r.Deleted != 2 {
 		t.Fatalf("purge: %+v", r)
 	}
 }
-
-type clockAt struct{ t *time.Time }
-
-func (c clockAt) Now() time.Time { return *c.t }
 
 // TestCleanupShutdownFinishesItemInHand cancels a cleanup run (SIGTERM)
 // while the provider is answering a DELETE: that deletion completes, the

@@ -12,6 +12,7 @@ import (
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/httpapi"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/jobs"
 	"github.com/sandbox-broker/broker/metrics"
 	"github.com/sandbox-broker/broker/service"
@@ -36,7 +37,7 @@ type apiEnv struct {
 	t     *testing.T
 	url   string
 	store *sqlite.Store
-	clock *fakeClock
+	clock *fakeclock.Clock
 }
 
 func newAPI(t *testing.T, sandboxes int, token string) *apiEnv {

@@ -17,24 +17,12 @@ import (
 
 	broker "github.com/sandbox-broker/broker"
 	"github.com/sandbox-broker/broker/csp"
+	"github.com/sandbox-broker/broker/internal/fakeclock"
 	"github.com/sandbox-broker/broker/lifecycle"
 	"github.com/sandbox-broker/broker/metrics"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-func newClock() *fakeClock { return &fakeClock{t: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)} }
+func newClock() *fakeclock.Clock { return fakeclock.New(time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)) }
 
 // statsStore answers Stats from a function and counts the calls; the other
 // methods are not used by the metrics.
