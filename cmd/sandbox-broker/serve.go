@@ -72,35 +72,11 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	defer store.Close()
 	log.Info("store opened", "store", redact(storeName))
 
-	var provider broker.Provider
-	var providerName string
-	if *demo {
-		fake := fakecsp.New(fakecsp.Options{Sandboxes: *demoN, Prefix: "lab", PageSize: 1000})
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return fmt.Errorf("demo provider: %w", err)
-		}
-		fsrv := &http.Server{Handler: fake, ReadHeaderTimeout: 5 * time.Second}
-		go fsrv.Serve(ln)
-		defer fsrv.Close()
-		cfg.CSPBaseURL = "http://" + ln.Addr().String() + "/v2"
-		cfg.CSPToken = "demo"
-		providerName = fmt.Sprintf("built-in demo provider with %d sandboxes at %s", *demoN, cfg.CSPBaseURL)
+	provider, stopProvider, err := setupProvider(&cfg, *demo, *demoN, log)
+	if err != nil {
+		return err
 	}
-	if cfg.CSPBaseURL != "" {
-		provider = csp.New(csp.Config{
-			BaseURL: cfg.CSPBaseURL, Token: cfg.CSPToken,
-			ConnectTimeout: cfg.CSPConnectTimeout, ReadTimeout: cfg.CSPReadTimeout,
-			BreakerThreshold: cfg.BreakerThreshold, BreakerTimeout: cfg.BreakerTimeout,
-			Logger: log,
-		})
-		if providerName == "" {
-			providerName = cfg.CSPBaseURL
-		}
-		log.Info("provider configured", "provider", providerName)
-	} else {
-		log.Warn("CSP_BASE_URL is empty: no provider, so sync and cleanup are off; the broker serves the pool the store already holds")
-	}
+	defer stopProvider()
 
 	clock := broker.SystemClock{}
 	m := metrics.New(metrics.Options{Store: store, Clock: clock, Logger: log})
@@ -132,35 +108,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		log.Info("RUN_JOBS=false: this process runs no background jobs; run `sandbox-broker worker` somewhere")
 	}
 
-	// GET /metrics is served on the listen port of both processes, so the
-	// worker's job metrics are exported too (B-39).
-	metricsRoute := map[string]http.Handler{"GET /metrics": m.Handler(cfg.MetricsToken)}
-	if cfg.MetricsToken == "" {
-		log.Info("METRICS_TOKEN is empty: GET /metrics is open to anyone who can reach the port")
-	}
-	limiter := ratelimit.New(ratelimit.Config{RPS: cfg.RateLimitRPS, Burst: cfg.RateLimitBurst})
-	srvCfg := httpapi.Config{
-		BasePath: cfg.BasePath, APITokens: cfg.APITokens, AdminTokens: cfg.AdminTokens, CORSOrigins: cfg.CORSOrigins,
-		Service: svc, Store: store, Jobs: runner, Logger: log, Clock: clock,
-		Observer: m, Extra: metricsRoute, Middleware: httpapi.RateLimit(limiter, cfg.TrustedProxies),
-	}
-	switch {
-	case api && !limiter.Enabled():
-		log.Warn("RATE_LIMIT_RPS=0: rate limiting is off")
-	case api && len(cfg.TrustedProxies) == 0:
-		log.Info("rate limiting per peer address; behind a load balancer set TRUSTED_PROXIES to its CIDRs, or every client shares the balancer's bucket",
-			"rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
-	case api:
-		log.Info("rate limiting per client address (X-Forwarded-For from TRUSTED_PROXIES)", "rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
-	}
-	if !api {
-		// The worker serves only /healthz, /readyz and /metrics: the API and
-		// its tokens belong to `serve`, so a worker needs no token and
-		// exposes no admin route. Anything else answers 404 in the error
-		// envelope, with X-Request-ID and the security headers.
-		srvCfg = httpapi.Config{HealthOnly: true, Store: store, Logger: log, Clock: clock, Observer: m, Extra: metricsRoute}
-	}
-	handler := httpapi.New(srvCfg)
+	handler := newHandler(api, cfg, store, svc, runner, m, clock, log)
 	ln, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		stopJobs()
@@ -198,6 +146,73 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		err = nil
 	}
 	return err
+}
+
+// setupProvider returns the provider the configuration names: with demo, a
+// fake CSP provider holding demoN sandboxes, started on a loopback port
+// (cfg's CSP settings are pointed at it); else the CSP client when
+// CSP_BASE_URL is set; else none. stop shuts the demo provider down.
+func setupProvider(cfg *config.Config, demo bool, demoN int, log *slog.Logger) (provider broker.Provider, stop func(), err error) {
+	stop = func() {}
+	providerName := cfg.CSPBaseURL
+	if demo {
+		fake := fakecsp.New(fakecsp.Options{Sandboxes: demoN, Prefix: "lab", PageSize: 1000})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, stop, fmt.Errorf("demo provider: %w", err)
+		}
+		fsrv := &http.Server{Handler: fake, ReadHeaderTimeout: 5 * time.Second}
+		go fsrv.Serve(ln)
+		stop = func() { fsrv.Close() }
+		cfg.CSPBaseURL = "http://" + ln.Addr().String() + "/v2"
+		cfg.CSPToken = "demo"
+		providerName = fmt.Sprintf("built-in demo provider with %d sandboxes at %s", demoN, cfg.CSPBaseURL)
+	}
+	if cfg.CSPBaseURL == "" {
+		log.Warn("CSP_BASE_URL is empty: no provider, so sync and cleanup are off; the broker serves the pool the store already holds")
+		return nil, stop, nil
+	}
+	log.Info("provider configured", "provider", providerName)
+	return csp.New(csp.Config{
+		BaseURL: cfg.CSPBaseURL, Token: cfg.CSPToken,
+		ConnectTimeout: cfg.CSPConnectTimeout, ReadTimeout: cfg.CSPReadTimeout,
+		BreakerThreshold: cfg.BreakerThreshold, BreakerTimeout: cfg.BreakerTimeout,
+		Logger: log,
+	}), stop, nil
+}
+
+// newHandler builds the HTTP handler: the whole API for serve (api), or
+// only /healthz, /readyz and /metrics for the worker.
+func newHandler(api bool, cfg config.Config, store broker.Store, svc *service.Service, runner *jobs.Runner, m *metrics.Metrics, clock broker.Clock, log *slog.Logger) http.Handler {
+	// GET /metrics is served on the listen port of both processes, so the
+	// worker's job metrics are exported too (B-39).
+	metricsRoute := map[string]http.Handler{"GET /metrics": m.Handler(cfg.MetricsToken)}
+	if cfg.MetricsToken == "" {
+		log.Info("METRICS_TOKEN is empty: GET /metrics is open to anyone who can reach the port")
+	}
+	limiter := ratelimit.New(ratelimit.Config{RPS: cfg.RateLimitRPS, Burst: cfg.RateLimitBurst})
+	srvCfg := httpapi.Config{
+		BasePath: cfg.BasePath, APITokens: cfg.APITokens, AdminTokens: cfg.AdminTokens, CORSOrigins: cfg.CORSOrigins,
+		Service: svc, Store: store, Jobs: runner, Logger: log, Clock: clock,
+		Observer: m, Extra: metricsRoute, Middleware: httpapi.RateLimit(limiter, cfg.TrustedProxies),
+	}
+	switch {
+	case api && !limiter.Enabled():
+		log.Warn("RATE_LIMIT_RPS=0: rate limiting is off")
+	case api && len(cfg.TrustedProxies) == 0:
+		log.Info("rate limiting per peer address; behind a load balancer set TRUSTED_PROXIES to its CIDRs, or every client shares the balancer's bucket",
+			"rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
+	case api:
+		log.Info("rate limiting per client address (X-Forwarded-For from TRUSTED_PROXIES)", "rps", cfg.RateLimitRPS, "burst", cfg.RateLimitBurst)
+	}
+	if !api {
+		// The worker serves only /healthz, /readyz and /metrics: the API and
+		// its tokens belong to `serve`, so a worker needs no token and
+		// exposes no admin route. Anything else answers 404 in the error
+		// envelope, with X-Request-ID and the security headers.
+		srvCfg = httpapi.Config{HealthOnly: true, Store: store, Logger: log, Clock: clock, Observer: m, Extra: metricsRoute}
+	}
+	return httpapi.New(srvCfg)
 }
 
 // buildRunner wires the four lifecycle jobs into a runner.
